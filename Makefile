@@ -1,0 +1,31 @@
+# `make demo` and `make test` work on a fresh machine: they create .venv when it is missing and reuse it otherwise.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.i2i-installed
+
+.PHONY: install demo test test-fast bench app clean-demo
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt torch torchvision
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m i2i.train --config configs/afhq_demo.yaml --run-dir runs/demo
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+bench: install
+	$(PY) benchmarks/remix_overhead.py
+
+clean-demo:
+	rm -rf runs/demo

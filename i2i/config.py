@@ -1,0 +1,347 @@
+"""Configuration as plain data: dataclasses, YAML presets in `configs/`, command-line overrides.
+
+Resolution order: dataclass defaults < the task's YAML preset (or `--config FILE`) < command-line flags.
+Every field can be set from the command line as `--section.field VALUE` (e.g. `--train.total_iters 500`,
+`--model.width 32`); the common ones also have short flags (`--data`, `--data-frac`, `--remix`, `--mixer`, ...).
+Task-specific sections (`model`, `loss`, `optim`) are dataclasses declared by the task module.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "configs"
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the key, the value and what is allowed."""
+
+
+@dataclass
+class DataConfig:
+    root: str | None = None  # dataset root; None: data/<task> if present, else the procedural set
+    frac: float = 1.0  # --data-frac: seeded per-domain fraction of the training set
+    img_size: int = 256
+    num_workers: int = 4
+    rrc_prob: float = 0.5  # probability of RandomResizedCrop (official StarGAN v2 augmentation)
+    synthetic: bool = False  # generate the procedural dataset at `root` when it is missing
+
+
+@dataclass
+class TrainConfig:
+    total_iters: int = 100_000
+    batch_size: int = 8
+    seed: int = 777
+    device: str = "auto"  # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
+    amp: bool = False  # bfloat16 autocast on CUDA; ignored on CPU
+    ema_beta: float = 0.999
+    # "official": the EMA copy starts from PyTorch's default init, as in clovaai/stargan-v2 (the copy is made before
+    # he_init); "trained": it starts as a copy of the he-initialised trained nets (better for short runs).
+    ema_start: str = "official"
+    log_every: int = 10
+    sample_every: int = 5000
+    save_every: int = 10_000
+    keep_checkpoints: int = 3
+    progress: bool = True
+
+
+@dataclass
+class FeatureMixConfig:
+    """ReMix and its baselines (paper 002): interpolation of G1 features, and the content loss for the mixed batch."""
+
+    method: str = "none"  # none | remix | wm | mixup
+    p: float = 0.25  # probability that a branch's batch is interpolated in an iteration
+    alpha: float = 0.2  # mu ~ Beta(alpha, alpha); lambda = max(mu, 1 - mu)
+    per_sample: bool = False  # one lambda per sample instead of per batch (Algorithm 1 uses per batch)
+    momentum: float = 0.99
+    momentum_form: str = "paper"  # paper: a <- m a + (1-m)(a_new - a) (Eq. 11);  ema: a <- m a + (1-m) a_new
+    at: str = "style"  # afhq only: style (style codes, as the paper) | content (generator encoder features)
+
+
+@dataclass
+class RegularizerConfig:
+    """Discriminator-side regularizers (papers 000, 001, 003, and DiffAugment)."""
+
+    mixer: str = "none"  # none | mixup | cutmix | srmix
+    mix_ratio: float = 0.25
+    mix_alpha: float = 1.0
+    adaptivemix: bool = False
+    adaptivemix_pairs: str = "within"  # within (official code) | real_fake (paper text)
+    adaptivemix_distance: str = "cos"  # cos (official code) | mse (paper text)
+    adaptivemix_alpha: float = 1.0
+    adaptivemix_noise: float = 0.05
+    adaptivemix_weight: float = 1.0
+    adaptivemix_on_generator: bool = True
+    pcr: bool = False
+    pcr_op: str = "mean"  # mean | and | or
+    sample_correction: bool = False
+    sc_threshold: float = 0.1
+    sc_bank_size: int = 2000  # training images held in memory for the DIF realism measure
+    diffaug: str = ""  # e.g. "color,translation,cutout"; empty = off
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "train.device": (),  # free-form, checked when resolved
+    "train.ema_start": ("official", "trained"),
+    "remix.method": ("none", "remix", "wm", "mixup"),
+    "remix.momentum_form": ("paper", "ema"),
+    "remix.at": ("style", "content"),
+    "regularizers.mixer": ("none", "mixup", "cutmix", "srmix"),
+    "regularizers.adaptivemix_pairs": ("within", "real_fake"),
+    "regularizers.adaptivemix_distance": ("cos", "mse"),
+    "regularizers.pcr_op": ("mean", "and", "or"),
+}
+DIFFAUG_OPS = ("color", "translation", "cutout")
+
+
+@dataclass
+class Config:
+    task: str
+    model: Any
+    loss: Any
+    optim: Any
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    remix: FeatureMixConfig = field(default_factory=FeatureMixConfig)
+    regularizers: RegularizerConfig = field(default_factory=RegularizerConfig)
+
+    SECTIONS = ("data", "model", "loss", "optim", "train", "remix", "regularizers")
+
+    def to_dict(self) -> dict:
+        return {"task": self.task, **{s: dataclasses.asdict(getattr(self, s)) for s in self.SECTIONS}}
+
+    @property
+    def method(self) -> str:
+        """A short name of the regularizer settings, used to group runs in the metric tables."""
+        reg = self.regularizers
+        parts = [self.remix.method] if self.remix.method != "none" else []
+        parts += [reg.mixer] if reg.mixer != "none" else []
+        parts += ["adaptivemix"] if reg.adaptivemix else []
+        parts += ["pcr"] if reg.pcr else []
+        parts += ["sc"] if reg.sample_correction else []
+        parts += ["diffaug"] if reg.diffaug else []
+        return "+".join(parts) or "baseline"
+
+
+def default_config(task: str) -> Config:
+    from i2i.tasks import task_class
+
+    cls = task_class(task)
+    return Config(task=task, model=cls.ModelConfig(), loss=cls.LossConfig(), optim=cls.OptimConfig())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Setting values (from YAML or the command line), with type conversion and validation
+
+
+def _field_types(section_obj: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(section_obj))
+
+
+def _convert(value: Any, annotation: Any, key: str) -> Any:
+    """Converts a YAML/CLI value to the field's annotated type; raises ConfigError naming the key."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        optional = type(None) in args
+        if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+            if optional:
+                return None
+            raise ConfigError(f"{key} cannot be null")
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], key)
+    try:
+        if annotation is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+                return False
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise ValueError
+        if annotation is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if annotation is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if annotation is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: {value!r} is not a valid {getattr(annotation, '__name__', annotation)}") from None
+    return value
+
+
+def set_value(cfg: Config, key: str, value: Any) -> None:
+    """Sets `section.field` (dashes allowed for underscores) with type conversion; unknown keys are errors."""
+    key = key.replace("-", "_")
+    if key == "task":
+        raise ConfigError("the task is chosen with --task, not as an override")
+    section, _, name = key.partition(".")
+    if section not in Config.SECTIONS or not name:
+        raise ConfigError(f"unknown config key '{key}'; keys look like 'section.field' with section in {Config.SECTIONS}")
+    obj = getattr(cfg, section)
+    types_ = _field_types(obj)
+    if name not in types_:
+        raise ConfigError(f"unknown config key '{key}'; fields of '{section}': {', '.join(types_)}")
+    setattr(obj, name, _convert(value, types_[name], key))
+
+
+def apply_mapping(cfg: Config, mapping: dict, source: str) -> None:
+    for section, values in mapping.items():
+        if section == "task":
+            if values != cfg.task:
+                raise ConfigError(f"{source} is a preset for task '{values}', not '{cfg.task}'")
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section '{section}' must be a mapping of field: value")
+        for name, value in values.items():
+            set_value(cfg, f"{section}.{name}", value)
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: '{path}'")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"'{path}' must hold a mapping of sections")
+    return data
+
+
+def validate(cfg: Config) -> None:
+    """Checks choices and ranges; every message names the key, the bad value and the valid ones."""
+    for key, choices in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if choices and value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+
+    def check(key: str, ok: bool, expected: str) -> None:
+        if not ok:
+            section, name = key.split(".")
+            raise ConfigError(f"{key}: {getattr(getattr(cfg, section), name)!r} is invalid; expected {expected}")
+
+    d, t, r, g = cfg.data, cfg.train, cfg.remix, cfg.regularizers
+    check("data.frac", 0.0 < d.frac <= 1.0, "a fraction in (0, 1]")
+    check("data.img_size", d.img_size >= 16 and d.img_size & (d.img_size - 1) == 0, "a power of two >= 16")
+    check("data.num_workers", d.num_workers >= 0, ">= 0")
+    check("data.rrc_prob", 0.0 <= d.rrc_prob <= 1.0, "a probability in [0, 1]")
+    check("train.total_iters", t.total_iters >= 1, ">= 1")
+    check("train.batch_size", t.batch_size >= 2, ">= 2 (ReMix, mixers and R1 need pairs)")
+    check("train.ema_beta", 0.0 <= t.ema_beta < 1.0, "a value in [0, 1)")
+    for every in ("log_every", "sample_every", "save_every", "keep_checkpoints"):
+        check(f"train.{every}", getattr(t, every) >= 1, ">= 1")
+    check("remix.p", 0.0 <= r.p <= 1.0, "a probability in [0, 1]")
+    check("remix.alpha", r.alpha > 0.0, "> 0 (Beta distribution parameter)")
+    check("remix.momentum", 0.0 <= r.momentum < 1.0, "a value in [0, 1)")
+    check("regularizers.mix_ratio", 0.0 <= g.mix_ratio <= 1.0, "a fraction in [0, 1]")
+    check("regularizers.mix_alpha", g.mix_alpha > 0.0, "> 0")
+    check("regularizers.adaptivemix_alpha", g.adaptivemix_alpha > 0.0, "> 0")
+    check("regularizers.adaptivemix_noise", g.adaptivemix_noise >= 0.0, ">= 0")
+    check("regularizers.sc_threshold", g.sc_threshold >= 0.0, ">= 0")
+    check("regularizers.sc_bank_size", g.sc_bank_size >= 1, ">= 1")
+    ops = [op.strip() for op in g.diffaug.split(",") if op.strip()]
+    bad = [op for op in ops if op not in DIFFAUG_OPS]
+    if bad:
+        raise ConfigError(f"regularizers.diffaug: unknown op(s) {', '.join(bad)}; valid ops: {', '.join(DIFFAUG_OPS)}")
+    from i2i.tasks import task_class
+
+    task_class(cfg.task).validate_config(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Command line
+
+# short flag -> (config key, argparse kwargs). Flags without a value set a constant.
+ALIASES: dict[str, tuple[str, dict]] = {
+    "--data": ("data.root", {"metavar": "DIR", "help": "dataset root (AFHQ layout ROOT/{train,val}/<domain>/*)"}),
+    "--data-frac": ("data.frac", {"metavar": "F", "help": "keep a seeded per-domain fraction of the training set"}),
+    "--img-size": ("data.img_size", {"metavar": "S"}),
+    "--workers": ("data.num_workers", {"metavar": "N"}),
+    "--iters": ("train.total_iters", {"metavar": "N"}),
+    "--batch-size": ("train.batch_size", {"metavar": "N"}),
+    "--seed": ("train.seed", {"metavar": "N"}),
+    "--device": ("train.device", {"metavar": "DEV", "help": "auto | cpu | cuda[:i] | mps"}),
+    "--feature-mix": ("remix.method", {"metavar": "M", "help": "none | remix | wm | mixup"}),
+    "--remix-p": ("remix.p", {"metavar": "P"}),
+    "--remix-alpha": ("remix.alpha", {"metavar": "A"}),
+    "--remix-at": ("remix.at", {"metavar": "WHERE", "help": "style | content (afhq)"}),
+    "--mixer": ("regularizers.mixer", {"metavar": "M", "help": "none | mixup | cutmix | srmix"}),
+    "--mix-ratio": ("regularizers.mix_ratio", {"metavar": "R"}),
+    "--mix-alpha": ("regularizers.mix_alpha", {"metavar": "A"}),
+    "--adaptivemix-pairs": ("regularizers.adaptivemix_pairs", {"metavar": "P", "help": "within | real_fake"}),
+    "--adaptivemix-distance": ("regularizers.adaptivemix_distance", {"metavar": "D", "help": "cos | mse"}),
+    "--adaptivemix-noise": ("regularizers.adaptivemix_noise", {"metavar": "SIGMA"}),
+    "--adaptivemix-weight": ("regularizers.adaptivemix_weight", {"metavar": "W"}),
+    "--pcr-op": ("regularizers.pcr_op", {"metavar": "OP", "help": "mean | and | or"}),
+    "--sc-threshold": ("regularizers.sc_threshold", {"metavar": "T"}),
+    "--diffaug": ("regularizers.diffaug", {"metavar": "POLICY", "help": "e.g. color,translation,cutout"}),
+}
+SWITCHES: dict[str, tuple[str, Any, str]] = {
+    "--remix": ("remix.method", "remix", "ReMix: feature interpolation + relative content loss (= --feature-mix remix)"),
+    "--adaptivemix": ("regularizers.adaptivemix", True, "AdaptiveMix feature-space shrinkage on D"),
+    "--pcr": ("regularizers.pcr", True, "PCR: pixel-wise combinations of real pairs as extra negatives"),
+    "--sample-correction": ("regularizers.sample_correction", True, "swap too-realistic fakes out of D's batch"),
+    "--amp": ("train.amp", True, "bfloat16 autocast on CUDA"),
+}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, task: str) -> None:
+    """Adds the short flags and one `--section.field` flag per config field (all default to 'not given')."""
+    group = parser.add_argument_group("configuration (any field: --section.field VALUE)")
+    for flag, (key, kwargs) in ALIASES.items():
+        group.add_argument(flag, dest=key, default=argparse.SUPPRESS, **kwargs)
+    for flag, (key, const, help_) in SWITCHES.items():
+        group.add_argument(flag, dest=key, action="store_const", const=const, default=argparse.SUPPRESS, help=help_)
+    cfg = default_config(task)
+    for section in Config.SECTIONS:
+        for name in _field_types(getattr(cfg, section)):
+            key = f"{section}.{name}"
+            flags = [f"--{key}"] + ([f"--{key.replace('_', '-')}"] if "_" in name else [])
+            group.add_argument(*flags, dest=key, default=argparse.SUPPRESS, metavar="V", help=argparse.SUPPRESS)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if "." in k}
+
+
+def build_config(task: str, preset: str | Path | None, overrides: dict[str, Any]) -> Config:
+    """Defaults < preset YAML (None: configs/<task>.yaml) < overrides; validated."""
+    cfg = default_config(task)
+    preset = Path(preset) if preset is not None else CONFIG_DIR / f"{task}.yaml"
+    apply_mapping(cfg, load_yaml(preset), str(preset))
+    for key, value in overrides.items():
+        set_value(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(mapping: dict) -> Config:
+    """Rebuilds a Config saved with `to_dict` (e.g. a run's config.yaml)."""
+    if "task" not in mapping:
+        raise ConfigError("saved config has no 'task' key")
+    cfg = default_config(mapping["task"])
+    apply_mapping(cfg, mapping, "saved config")
+    validate(cfg)
+    return cfg
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    from i2i.fileio import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

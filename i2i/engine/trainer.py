@@ -1,0 +1,284 @@
+"""The training loop shared by every task: D steps, G steps, EMA, logs, samples, checkpoints, resume.
+
+One iteration (StarGAN v2's official order: all D steps, then all G steps):
+
+    batch = next(stream)                       # task-shaped, CPU -> device
+    branches = task.branches(batch, step)      # StarGAN v2: latent, reference
+    branch.lam = feature_mix.draw()            # ReMix/WM/mixup: with probability p, for the D and the G step
+    for branch: d_step(branch)                 # critic on real vs (mixed / corrected / PCR-augmented) fakes
+    for branch: g_step(branch)                 # adversarial + content (plain or relative) + the task's other losses
+    ema.update()
+"""
+from __future__ import annotations
+
+import copy
+import math
+import signal
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision.utils import save_image
+
+from i2i.config import Config, save_config
+from i2i.engine.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from i2i.engine.logging import RunLogger
+from i2i.mixing import Regularizers
+from i2i.tasks import task_class
+from i2i.tasks.base import Branch, Negatives, Task
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the run stopped before the bad update and kept its last good checkpoint."""
+
+
+def select_device(spec: str = "auto") -> torch.device:
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"train.device: {spec!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device is {spec!r} but CUDA is not available on this machine")
+    return device
+
+
+class EMA:
+    """Exponential moving average of the generator-side nets (official: lerp of parameters, buffers copied)."""
+
+    def __init__(self, nets: dict[str, nn.Module], beta: float):
+        self.beta = beta
+        self.nets = nets
+        for net in nets.values():
+            net.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, source: dict[str, nn.Module]) -> None:
+        for name, ema_net in self.nets.items():
+            for p_ema, p in zip(ema_net.parameters(), source[name].parameters()):
+                p_ema.lerp_(p, 1.0 - self.beta)
+            for b_ema, b in zip(ema_net.buffers(), source[name].buffers()):
+                b_ema.copy_(b)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: Path, device: torch.device | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.device = device or select_device(cfg.train.device)
+        self.task: Task = task_class(cfg.task)(cfg, self.device)
+        self.stop_requested: str | None = None  # the signal that stopped the run, if any
+        self.last_checkpoint: Path | None = None
+        self.iteration = 0
+
+    # -- set-up --------------------------------------------------------------------------------------------------
+    def setup(self, resume_from: Path | None) -> int:
+        """Builds data, nets, EMA, optimisers and regularizers; loads `resume_from`. Returns the start iteration."""
+        cfg, task = self.cfg, self.task
+        torch.manual_seed(cfg.train.seed)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        task.prepare_data(self.run_dir, resume=resume_from is not None)
+        save_config(cfg, self.run_dir / "config.yaml")
+        nets = task.build()
+        if cfg.train.ema_start == "official":  # the copy keeps PyTorch's default init, as clovaai/stargan-v2 does
+            ema_nets = {n: copy.deepcopy(nets[n]) for n in task.ema_net_names}
+            task.initialize(nets)
+        else:
+            task.initialize(nets)
+            ema_nets = {n: copy.deepcopy(nets[n]) for n in task.ema_net_names}
+        self.ema = EMA(ema_nets, cfg.train.ema_beta)
+        self.optimizers = task.optimizers()
+        self.regs = Regularizers.from_config(cfg, task)
+        start = 0
+        if resume_from is not None:
+            start = self.load_state(load_checkpoint(resume_from))
+            self.last_checkpoint = resume_from
+        self.sample_inputs = task.sample_inputs()
+        return start
+
+    def state(self, iteration: int) -> dict:
+        return {
+            "task": self.cfg.task,
+            "iteration": iteration,
+            "config": self.cfg.to_dict(),
+            "nets": {n: m.state_dict() for n, m in self.task.nets.items()},
+            "nets_ema": {n: m.state_dict() for n, m in self.ema.nets.items()},
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "regularizers": self.regs.state_dict(),
+            "rng": capture_rng(),
+        }
+
+    def load_state(self, state: dict) -> int:
+        if state["task"] != self.cfg.task:
+            raise ValueError(f"the checkpoint is of task '{state['task']}', this run is '{self.cfg.task}'")
+        for name, net in self.task.nets.items():
+            net.load_state_dict(state["nets"][name])
+        for name, net in self.ema.nets.items():
+            net.load_state_dict(state["nets_ema"][name])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        self.regs.load_state_dict(state["regularizers"])
+        restore_rng(state["rng"])
+        return int(state["iteration"])
+
+    # -- the two steps -------------------------------------------------------------------------------------------
+    def autocast(self):
+        use = self.cfg.train.amp and self.device.type == "cuda"
+        return torch.autocast("cuda", dtype=torch.bfloat16) if use else nullcontext()
+
+    def translate(self, branch: Branch):
+        """G2(G1(x)), or G2 of the interpolated G1 outputs when the branch mixes in this iteration."""
+        codes = self.task.encode(branch)
+        e = codes.first if branch.lam is None else self.regs.feature_mix.interpolate(codes.first, codes.second, branch.lam)
+        return codes, self.task.decode(e, branch)
+
+    def optimize(self, loss: Tensor, logs: dict[str, float], net_names: tuple[str, ...], step: int) -> None:
+        check_finite(logs, step, self.last_checkpoint)
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for name in net_names:
+            self.optimizers[name].step()
+
+    def d_step(self, branch: Branch, step: int) -> dict[str, float]:
+        task, regs = self.task, self.regs
+        with torch.no_grad(), self.autocast():
+            _, fake = self.translate(branch)
+        real_a, real_b = task.real_pair(branch)
+        fake, cond = regs.correct_fakes(regs.mix_fakes(real_a, fake), branch.cond_fake)
+        negatives = Negatives(regs.negative_sets(fake, cond, real_a, real_b, branch.cond_fake))
+        with self.autocast():
+            loss, logs = task.d_loss(branch, regs.critic(task, for_generator=False), negatives)
+            loss, extra = regs.add_critic_losses(loss, task, real_a, fake, cond)
+        values = _floats({**logs, **extra}, f"D/{branch.name}_")
+        self.optimize(loss, values, (task.critic_net,), step)
+        return values
+
+    def g_step(self, branch: Branch, step: int) -> dict[str, float]:
+        task, regs = self.task, self.regs
+        with self.autocast():
+            codes, fake = self.translate(branch)
+            loss, logs = task.g_loss(branch, regs.critic(task, for_generator=True), fake, codes)
+            t1, t2 = task.targets(branch, codes)
+            content, mix_logs = regs.feature_mix.content_loss(
+                task.content(fake, branch), t1, t2, branch.lam,
+                lambda t: task.target_content(t, branch), task.content_distance,
+            )
+            loss = loss + task.content_weight * content
+            loss, extra = regs.add_generator_losses(loss, task, task.real_pair(branch)[0], fake, branch.cond_fake)
+        values = _floats({**logs, "content": content, **extra}, f"G/{branch.name}_")
+        values.update(_floats(mix_logs, f"mix/{branch.name}_"))
+        self.optimize(loss, values, branch.g_nets, step)
+        return values
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def train_iteration(self, batch: dict[str, Tensor], step: int) -> dict[str, float]:
+        """One iteration: all D steps, then all G steps, then the EMA update. Returns the logged values."""
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        branches = self.task.branches(batch, step)
+        for branch in branches:
+            branch.lam = self.regs.feature_mix.draw(batch_size=next(iter(batch.values())).shape[0])
+        logs: dict[str, float] = {}
+        for branch in branches:
+            logs.update(self.d_step(branch, step))
+        for branch in branches:
+            logs.update(self.g_step(branch, step))
+        self.ema.update(self.task.nets)
+        return logs
+
+    def fit(self, resume_from: Path | None = None) -> Path:
+        """Trains to cfg.train.total_iters; returns the last checkpoint. Ctrl-C/SIGTERM saves and stops cleanly."""
+        train = self.cfg.train
+        self.iteration = self.setup(resume_from)
+        stream = iter(self.task.train_stream(self.iteration))
+        logger = RunLogger(self.run_dir)
+        progress = _progress(self.iteration, train.total_iters, train.progress, f"{self.cfg.task} [{self.cfg.method}]")
+        logged_at, tic = self.iteration, time.perf_counter()
+        try:
+            with self._signals():
+                while self.iteration < train.total_iters and self.stop_requested is None:
+                    logs = self.train_iteration(next(stream), self.iteration)
+                    self.iteration += 1
+                    progress.update(1)
+                    step, last = self.iteration, self.iteration == train.total_iters
+                    if step % train.log_every == 0 or last:
+                        seconds = (time.perf_counter() - tic) / (step - logged_at)
+                        logger.log(step, logs, sec_per_iter=round(seconds, 4))
+                        progress.set_postfix(_brief(logs), refresh=False)
+                        logged_at, tic = step, time.perf_counter()
+                    if step % train.sample_every == 0 or last:
+                        self.write_samples(step)
+                    if step % train.save_every == 0 or last:
+                        self.save(step)
+            if self.stop_requested is not None and self.last_checkpoint_iteration() != self.iteration:
+                self.save(self.iteration)
+        finally:
+            progress.close()
+            logger.close()
+        return self.last_checkpoint
+
+    def save(self, step: int) -> None:
+        self.last_checkpoint = save_checkpoint(self.run_dir, self.state(step), self.cfg.train.keep_checkpoints)
+
+    def last_checkpoint_iteration(self) -> int | None:
+        latest = latest_checkpoint(self.run_dir)
+        return int(latest.stem) if latest is not None else None
+
+    @torch.no_grad()
+    def write_samples(self, step: int) -> None:
+        folder = self.run_dir / "samples"
+        folder.mkdir(exist_ok=True)
+        for name, grid in self.task.sample(self.ema.nets | _non_ema(self.task.nets, self.ema.nets), self.sample_inputs).items():
+            save_image(grid, folder / f"{step:06d}_{name}.png")
+
+    @contextmanager
+    def _signals(self):
+        """SIGINT/SIGTERM finish the current iteration, then the loop saves and stops (a second Ctrl-C aborts)."""
+        def request_stop(signum, frame):
+            self.stop_requested = signal.Signals(signum).name
+            signal.signal(signal.SIGINT, previous[signal.SIGINT])
+
+        previous = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, request_stop)
+        except ValueError:  # not the main thread: leave signals alone
+            previous = {}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def check_finite(values: dict[str, float], step: int, last_checkpoint: Path | None) -> None:
+    for name, value in values.items():
+        if not math.isfinite(value):
+            kept = f"the last good checkpoint is '{last_checkpoint}'" if last_checkpoint else "no checkpoint was written yet"
+            raise TrainingDiverged(f"loss '{name}' is {value} at iteration {step + 1}; stopped before updating, {kept}")
+
+
+def _floats(logs: dict[str, Any], prefix: str) -> dict[str, float]:
+    return {prefix + k: float(v.detach()) if isinstance(v, Tensor) else float(v) for k, v in logs.items()}
+
+
+def _non_ema(nets: dict[str, nn.Module], ema: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    return {n: m for n, m in nets.items() if n not in ema}
+
+
+def _brief(logs: dict[str, float], limit: int = 4) -> dict[str, str]:
+    return {k.split("/", 1)[-1]: f"{v:.3g}" for k, v in list(logs.items())[:limit]}
+
+
+def _progress(start: int, total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc=desc, disable=not enabled, dynamic_ncols=True, unit="it")

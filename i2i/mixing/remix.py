@@ -1,0 +1,198 @@
+"""ReMix (Cao et al., CVPR 2021, paper 002) and its baselines WM and mixup.
+
+With probability p a branch's batch is replaced by an interpolated one (Eq. 3, 6-7):
+    mu ~ Beta(alpha, alpha),  lambda = max(mu, 1 - mu) >= 0.5,  e' = lambda * e1 + (1 - lambda) * e2,  s' = G2(e')
+and the task's content loss is replaced, for that batch, by
+    remix  (Eq. 8-9):  L_p + L_n,  L_p = mean relu(d1 - d2),  L_n = mean relu(d2 - a_bar),  d_k = con(phi(s'), phi(t_k))
+    wm     (Eq. 13):   con(phi(s'), phi(t1))                  (t1 is the target of the sample that weighs more)
+    mixup  (Eq. 12):   con(phi(s'), phi(lambda t1 + (1 - lambda) t2))
+a_bar tracks the mean distance of unrelated output/target pairs (Eq. 10-11), updated without gradient after each
+ReMix step from a = mean_i con(phi(s'_i), phi(t2_j)), j != i (a derangement of the batch).
+
+All random draws of this module come from its own numpy generator (saved in checkpoints), so a run with p = 0 makes
+exactly the same torch computations as a run without feature mixing.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+FEATURE_MIX_METHODS = ("none", "remix", "wm", "mixup")
+MOMENTUM_FORMS = ("paper", "ema")
+
+Distance = Callable[[Any, Any], Tensor]
+
+
+def draw_lambda(rng: np.random.Generator, alpha: float, size: int | None = None) -> np.ndarray:
+    """lambda = max(mu, 1 - mu) with mu ~ Beta(alpha, alpha): a scalar (size None) or (size,) values in [0.5, 1]."""
+    mu = rng.beta(alpha, alpha, size=size)
+    return np.maximum(mu, 1.0 - mu)
+
+
+def interpolate(e1: Any, e2: Any, lam: Tensor) -> Any:
+    """lam * e1 + (1 - lam) * e2 for tensors or (nested) lists/tuples/dicts of tensors.
+
+    lam: 0-d (one weight for the batch) or (N,) (one per sample), broadcast over the remaining dimensions.
+    Parts that are the same object in e1 and e2 (e.g. a style code shared by both batches) are passed through.
+    """
+    if e1 is e2:
+        return e1
+    if isinstance(e1, Tensor):
+        w = lam.to(device=e1.device, dtype=e1.dtype)
+        if w.dim() == 1:
+            w = w.view(-1, *([1] * (e1.dim() - 1)))
+        return w * e1 + (1 - w) * e2
+    if isinstance(e1, dict):
+        return {k: interpolate(e1[k], e2[k], lam) for k in e1}
+    if isinstance(e1, (list, tuple)):
+        return type(e1)(interpolate(a, b, lam) for a, b in zip(e1, e2))
+    raise TypeError(f"cannot interpolate values of type {type(e1).__name__}; expected tensors or lists/dicts of them")
+
+
+def index_batch(x: Any, idx: Tensor) -> Any:
+    """x[idx] along the batch dimension for tensors or (nested) lists/tuples/dicts of tensors."""
+    if isinstance(x, Tensor):
+        return x[idx.to(x.device)]
+    if isinstance(x, dict):
+        return {k: index_batch(v, idx) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(index_batch(v, idx) for v in x)
+    raise TypeError(f"cannot index values of type {type(x).__name__} along the batch")
+
+
+def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random permutation of range(n) with no fixed point (n >= 2)."""
+    if n < 2:
+        raise ValueError(f"a derangement needs at least 2 elements, got a batch of {n}")
+    while True:  # about e tries on average
+        perm = rng.permutation(n)
+        if not np.any(perm == np.arange(n)):
+            return perm
+
+
+def relative_content_loss(
+    phi_s: Any, phi_t1: Any, phi_t2: Any, distance: Distance, a_bar: float
+) -> tuple[Tensor, Tensor]:
+    """L'_con = L_p + L_n (Eq. 8-9). Returns (L_p, L_n); gradients flow into phi_s and the targets."""
+    d1 = distance(phi_s, phi_t1)
+    d2 = distance(phi_s, phi_t2)
+    l_p = torch.relu(d1 - d2).mean()
+    l_n = torch.relu(d2 - a_bar).mean()
+    return l_p, l_n
+
+
+def update_a_bar(a_bar: float, a: float, momentum: float, form: str = "paper") -> float:
+    """Eq. 11 as printed (`paper`: m*a_bar + (1-m)*(a - a_bar), fixed point a/2) or the usual EMA (`ema`, fixed point a)."""
+    if form == "paper":
+        return momentum * a_bar + (1.0 - momentum) * (a - a_bar)
+    if form == "ema":
+        return momentum * a_bar + (1.0 - momentum) * a
+    raise ValueError(f"momentum_form must be one of {', '.join(MOMENTUM_FORMS)}, got {form!r}")
+
+
+class FeatureMix:
+    """ReMix / WM / mixup on the G1 features of a task; `method='none'` (or p = 0) is the plain baseline."""
+
+    def __init__(
+        self,
+        method: str = "none",
+        p: float = 0.25,
+        alpha: float = 0.2,
+        per_sample: bool = False,
+        momentum: float = 0.99,
+        momentum_form: str = "paper",
+        seed: int = 0,
+    ):
+        if method not in FEATURE_MIX_METHODS:
+            raise ValueError(f"feature-mix method must be one of {', '.join(FEATURE_MIX_METHODS)}, got {method!r}")
+        if momentum_form not in MOMENTUM_FORMS:
+            raise ValueError(f"momentum_form must be one of {', '.join(MOMENTUM_FORMS)}, got {momentum_form!r}")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"the mixing probability p must be in [0, 1], got {p}")
+        if alpha <= 0:
+            raise ValueError(f"alpha (the Beta distribution parameter) must be > 0, got {alpha}")
+        self.method, self.p, self.alpha, self.per_sample = method, p, alpha, per_sample
+        self.momentum, self.momentum_form = momentum, momentum_form
+        self.a_bar = 0.0
+        self.rng = np.random.default_rng(seed)
+
+    @classmethod
+    def from_config(cls, remix_cfg, seed: int) -> "FeatureMix":
+        return cls(remix_cfg.method, remix_cfg.p, remix_cfg.alpha, remix_cfg.per_sample, remix_cfg.momentum,
+                   remix_cfg.momentum_form, seed=seed)
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none" and self.p > 0
+
+    def draw(self, batch_size: int) -> Tensor | None:
+        """With probability p, the interpolation weight for one branch: 0-d, or (N,) with per_sample; else None."""
+        if not self.enabled or self.rng.random() >= self.p:
+            return None
+        lam = draw_lambda(self.rng, self.alpha, batch_size if self.per_sample else None)
+        return torch.as_tensor(lam, dtype=torch.float32)
+
+    def interpolate(self, e1: Any, e2: Any, lam: Tensor) -> Any:
+        return interpolate(e1, e2, lam)
+
+    def content_loss(
+        self,
+        phi_s: Any,
+        t1: Any,
+        t2: Any,
+        lam: Tensor | None,
+        target_content: Callable[[Any], Any],
+        distance: Distance,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The content loss of a batch: plain (lam None), or the method's form for an interpolated batch.
+
+        phi_s: φ(s) of the generated batch; t1, t2: targets of the two batches in target space;
+        target_content: t -> φ(t); distance: (φa, φb) -> (N,) per-sample distances.
+        """
+        if lam is None:
+            return distance(phi_s, target_content(t1)).mean(), {}
+        logs = {"lambda": lam.mean()}
+        if self.method == "wm":
+            return distance(phi_s, target_content(t1)).mean(), logs
+        if self.method == "mixup":
+            return distance(phi_s, target_content(interpolate(t1, t2, lam))).mean(), logs
+        phi_t2 = target_content(t2)
+        l_p, l_n = relative_content_loss(phi_s, target_content(t1), phi_t2, distance, self.a_bar)
+        with torch.no_grad():
+            perm = torch.from_numpy(derangement(_batch_size(phi_s), self.rng))
+            a = distance(_detach(phi_s), _detach(index_batch(phi_t2, perm))).mean()
+        logs.update(l_p=l_p.detach(), l_n=l_n.detach(), a=a, a_bar=torch.tensor(self.a_bar))
+        self.a_bar = update_a_bar(self.a_bar, float(a), self.momentum, self.momentum_form)
+        return l_p + l_n, logs
+
+    def state_dict(self) -> dict:
+        return {"a_bar": self.a_bar, "rng": _rng_state_to_plain(self.rng.bit_generator.state)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.a_bar = float(state["a_bar"])
+        self.rng.bit_generator.state = state["rng"]
+
+
+def _detach(x: Any) -> Any:
+    if isinstance(x, Tensor):
+        return x.detach()
+    if isinstance(x, dict):
+        return {k: _detach(v) for k, v in x.items()}
+    return type(x)(_detach(v) for v in x)
+
+
+def _batch_size(x: Any) -> int:
+    if isinstance(x, Tensor):
+        return x.shape[0]
+    if isinstance(x, dict):
+        return _batch_size(next(iter(x.values())))
+    return _batch_size(x[0])
+
+
+def _rng_state_to_plain(state: dict) -> dict:
+    """numpy bit-generator state as plain Python values (checkpoints are loaded with weights_only=True)."""
+    return {k: (_rng_state_to_plain(v) if isinstance(v, dict) else int(v) if isinstance(v, np.integer) else v)
+            for k, v in state.items()}
