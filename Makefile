@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: install
-	$(PY) -m i2i.train --config configs/afhq_demo.yaml --run-dir runs/demo
+	$(PY) -m i2i.train --config configs/afhq_demo.yaml --run-dir runs/demo --resume auto
 
 test: install
 	$(PY) -m pytest -q
@@ -25,7 +25,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 bench: install
-	$(PY) benchmarks/remix_overhead.py
+	$(PY) benchmarks/iteration_time.py --variants all
 
 clean-demo:
 	rm -rf runs/demo

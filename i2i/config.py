@@ -42,6 +42,7 @@ class TrainConfig:
     seed: int = 777
     device: str = "auto"  # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
     amp: bool = False  # bfloat16 autocast on CUDA; ignored on CPU
+    channels_last: bool = True  # NHWC memory format for nets and image batches (faster convolutions on CPU and GPU)
     ema_beta: float = 0.999
     # "official": the EMA copy starts from PyTorch's default init, as in clovaai/stargan-v2 (the copy is made before
     # he_init); "trained": it starts as a copy of the he-initialised trained nets (better for short runs).

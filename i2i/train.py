@@ -91,6 +91,9 @@ def resolve(argv: list[str] | None):
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{task}-{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     if known.resume:  # --resume auto on a run without checkpoints: a fresh start in that folder
         print(f"note: '{run_dir}' has no checkpoint yet; starting a new run there", file=sys.stderr)
+    elif latest_checkpoint(run_dir) is not None:
+        raise ConfigError(f"'{run_dir}' already holds a run with checkpoints; continue it with --resume auto "
+                          "--run-dir DIR, or choose another --run-dir")
     return cfg, run_dir, None
 
 

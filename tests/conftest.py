@@ -7,7 +7,6 @@ import torch
 from i2i.config import build_config
 from i2i.data.synthetic import make_afhq
 
-torch.set_num_threads(2)
 
 TINY = {
     "data.img_size": 32,

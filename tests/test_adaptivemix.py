@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from i2i.mixing.adaptivemix import AdaptiveMix, feature_distance, group_permutation, mix_within
-from i2i.mixing.image_mix import sample_beta
+from i2i.mixing.common import sample_beta
 
 
 def seeded(seed: int = 0) -> torch.Generator:

@@ -6,16 +6,14 @@ import pytest
 import torch
 from scipy import stats
 
+from i2i.mixing.common import concat_cond, index_cond, sample_beta
 from i2i.mixing.image_mix import (
     ImageMixer,
     box_masks,
-    concat_cond,
     cutmix_boxes,
     cutmix_masks,
-    index_cond,
     mix_images,
     mixup_masks,
-    sample_beta,
     srmix_masks,
     tanh_masks,
 )
@@ -64,8 +62,9 @@ def test_index_cond_handles_none_tensor_and_tuples():
     selected = index_cond((labels, [maps]), idx)
     assert isinstance(selected, tuple) and isinstance(selected[1], list)
     assert torch.equal(selected[1][0], maps[[2, 0]])
-    with pytest.raises(TypeError, match="dict"):
-        index_cond({"y": labels}, idx)
+    assert torch.equal(index_cond({"y": labels}, idx)["y"], torch.tensor([7, 5]))
+    with pytest.raises(TypeError, match="tuple/list/dict"):
+        index_cond("labels", idx)
 
 
 def test_concat_cond_joins_along_batch():

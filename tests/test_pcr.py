@@ -92,12 +92,14 @@ def test_pcr_without_partner_batch_averages_two_distinct_images():
 def test_pcr_negatives_weigh_fakes_and_combinations_by_half():
     fake, real_a, real_b = images(seed=6), images(seed=7), images(seed=8)
     pcr = PCR("or")
-    (fakes, fake_weight), (combined, combined_weight) = pcr.negatives(fake, real_a, real_b, generator=seeded(9))
+    y_fake, y_real = torch.arange(8), torch.arange(8).flip(0)
+    (fakes, c_fake, fake_weight), (combined, c_combined, combined_weight) = pcr.negatives(
+        fake, y_fake, real_a, real_b, y_real, generator=seeded(9))
     assert (fake_weight, combined_weight) == (0.5, 0.5) == PCR.negative_weights
-    assert fakes is fake
+    assert fakes is fake and c_fake is y_fake and c_combined is y_real
     torch.testing.assert_close(combined, torch.maximum(real_a, real_b))  # position k from the pair at k
     with pytest.raises(ValueError, match=r"fake \(4, 3, 16, 16\) and real_a \(8, 3, 16, 16\)"):
-        pcr.negatives(images(4), real_a, real_b)
+        pcr.negatives(images(4), None, real_a, real_b, None)
 
 
 def test_pcr_validates_inputs():

@@ -74,6 +74,11 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.device = device or select_device(cfg.train.device)
+        if self.device.type == "cpu":
+            # Denormal floats appear in these nets' gradients early in training and make x86 CPUs up to 100x slower
+            # (measured: 26 s vs 0.2 s for the first iteration of a tiny StarGAN v2); flushing them changes values
+            # below 1e-38 only.
+            torch.set_flush_denormal(True)
         self.task: Task = task_class(cfg.task)(cfg, self.device)
         self.stop_requested: str | None = None  # the signal that stopped the run, if any
         self.last_checkpoint: Path | None = None
@@ -88,6 +93,9 @@ class Trainer:
         task.prepare_data(self.run_dir, resume=resume_from is not None)
         save_config(cfg, self.run_dir / "config.yaml")
         nets = task.build()
+        if cfg.train.channels_last:
+            for net in nets.values():
+                net.to(memory_format=torch.channels_last)
         if cfg.train.ema_start == "official":  # the copy keeps PyTorch's default init, as clovaai/stargan-v2 does
             ema_nets = {n: copy.deepcopy(nets[n]) for n in task.ema_net_names}
             task.initialize(nets)
@@ -180,9 +188,14 @@ class Trainer:
         return values
 
     # -- the loop ------------------------------------------------------------------------------------------------
+    def to_device(self, x: Tensor) -> Tensor:
+        if x.dim() == 4 and self.cfg.train.channels_last:
+            return x.to(self.device, memory_format=torch.channels_last, non_blocking=True)
+        return x.to(self.device, non_blocking=True)
+
     def train_iteration(self, batch: dict[str, Tensor], step: int) -> dict[str, float]:
         """One iteration: all D steps, then all G steps, then the EMA update. Returns the logged values."""
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        batch = {k: self.to_device(v) for k, v in batch.items()}
         branches = self.task.branches(batch, step)
         for branch in branches:
             branch.lam = self.regs.feature_mix.draw(batch_size=next(iter(batch.values())).shape[0])

@@ -79,9 +79,7 @@ class Regularizers:
         which share real_a's condition position by position (Eq. 13 weighs both sets by 1/2)."""
         if self.pcr is None:
             return [(fake, cond, 1.0)]
-        combos = self.pcr(real_a, real_b, fake.shape[0])
-        w_fake, w_combo = self.pcr.negative_weights
-        return [(fake, cond, w_fake), (combos, cond_real, w_combo)]
+        return self.pcr.negatives(fake, cond, real_a, real_b, cond_real)
 
     def critic(self, task, for_generator: bool) -> Callable[[Tensor, Any], Any]:
         """The critic as the losses see it: DiffAugment in front, AdaptiveMix's mixed logits (official form) inside."""

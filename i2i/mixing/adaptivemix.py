@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from i2i.mixing.image_mix import check_alpha, sample_beta
+from i2i.mixing.common import check_alpha, sample_beta
 
 PAIRS = ("within", "real_fake")
 DISTANCES = ("cos", "mse")

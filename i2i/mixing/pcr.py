@@ -14,8 +14,7 @@ Public API
     ``random_derangement(n, *, device=None, generator=None) -> (n,) long``
     ``PCR(op="mean")``: ``pcr(real_a, real_b, n, generator=None) -> (n, C, H, W)``; ``pcr.last_pairs`` = (idx_a, idx_b);
     ``PCR.negative_weights = (0.5, 0.5)``;
-    ``pcr.negatives(fake, real_a, real_b=None, generator=None) -> list[Negative]``, ``Negative(images, weight)``
-    (a NamedTuple, so ``for images, weight in negatives`` works)
+    ``pcr.negatives(fake, cond_fake, real_a, real_b, cond_real, generator=None) -> [(images, cond, weight), ...]``
     ``dif(fake, bank, chunk=256) -> (N,)`` in [0, 1]
     ``SampleCorrection(threshold=0.1, measure=None)``: ``set_bank(images)``; ``sc(fake, spare=None, generator=None)``;
     ``sc.last_replaced``, ``sc.last_source``, ``sc.last_unresolved``, ``sc.last_scores``;
@@ -44,12 +43,12 @@ Choices where the paper is silent
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-from i2i.mixing.image_mix import concat_cond, index_cond
+from i2i.mixing.common import concat_cond, index_cond
 
 COMBINE_OPS = ("mean", "and", "or")
 
@@ -82,13 +81,6 @@ def random_derangement(n: int, *, device: torch.device | str | None = None,
     derangement = torch.empty_like(order)
     derangement[order] = order.roll(-1)
     return derangement
-
-
-class Negative(NamedTuple):
-    """A batch of negatives (N, C, H, W) for D with its loss weight."""
-
-    images: Tensor
-    weight: float
 
 
 class PCR:
@@ -137,20 +129,22 @@ class PCR:
         second = real_b if real_b is not None else real_a
         return combine_pairs(real_a[idx_a], second[idx_b], self.op)
 
-    def negatives(self, fake: Tensor, real_a: Tensor, real_b: Tensor | None = None,
-                  generator: torch.Generator | None = None) -> list[Negative]:
-        """The weighted negative batches of Eq. 13: the fakes (weight 1/2) and as many combinations (weight 1/2).
+    def negatives(self, fake: Tensor, cond_fake: Any, real_a: Tensor, real_b: Tensor | None, cond_real: Any,
+                  generator: torch.Generator | None = None) -> list[tuple[Tensor, Any, float]]:
+        """The weighted negative sets of Eq. 13, (images, condition, weight): the fakes (1/2) and as many
+        combinations of real pairs (1/2).
 
         Args:
-            fake: (N, C, H, W). real_a, real_b: (N, C, H, W) reals as in ``__call__``; combination k comes from
-                (real_a[k], real_b[k]) (or real_a[k] and a derangement partner), so it shares real_a[k]'s condition.
+            fake: (N, C, H, W) with condition cond_fake. real_a, real_b: (N, C, H, W) reals as in ``__call__``;
+                combination k comes from (real_a[k], real_b[k]) (or real_a[k] and a derangement partner), so it
+                takes real_a[k]'s condition from cond_real.
         """
         if fake.shape != real_a.shape:
             raise ValueError(f"PCR makes one combination per fake from real pairs at the same positions: fake "
                              f"{tuple(fake.shape)} and real_a {tuple(real_a.shape)} must have the same shape")
         combined = self(real_a, real_b, fake.shape[0], generator)
         weight_fake, weight_combined = self.negative_weights
-        return [Negative(fake, weight_fake), Negative(combined, weight_combined)]
+        return [(fake, cond_fake, weight_fake), (combined, cond_real, weight_combined)]
 
 
 def dif(fake: Tensor, bank: Tensor, chunk: int = 256) -> Tensor:

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from i2i.mixing.common import index_cond
+
 FEATURE_MIX_METHODS = ("none", "remix", "wm", "mixup")
 MOMENTUM_FORMS = ("paper", "ema")
 
@@ -50,17 +52,6 @@ def interpolate(e1: Any, e2: Any, lam: Tensor) -> Any:
     if isinstance(e1, (list, tuple)):
         return type(e1)(interpolate(a, b, lam) for a, b in zip(e1, e2))
     raise TypeError(f"cannot interpolate values of type {type(e1).__name__}; expected tensors or lists/dicts of them")
-
-
-def index_batch(x: Any, idx: Tensor) -> Any:
-    """x[idx] along the batch dimension for tensors or (nested) lists/tuples/dicts of tensors."""
-    if isinstance(x, Tensor):
-        return x[idx.to(x.device)]
-    if isinstance(x, dict):
-        return {k: index_batch(v, idx) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(index_batch(v, idx) for v in x)
-    raise TypeError(f"cannot index values of type {type(x).__name__} along the batch")
 
 
 def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -163,7 +154,7 @@ class FeatureMix:
         l_p, l_n = relative_content_loss(phi_s, target_content(t1), phi_t2, distance, self.a_bar)
         with torch.no_grad():
             perm = torch.from_numpy(derangement(_batch_size(phi_s), self.rng))
-            a = distance(_detach(phi_s), _detach(index_batch(phi_t2, perm))).mean()
+            a = distance(_detach(phi_s), _detach(index_cond(phi_t2, perm))).mean()
         logs.update(l_p=l_p.detach(), l_n=l_n.detach(), a=a, a_bar=torch.tensor(self.a_bar))
         self.a_bar = update_a_bar(self.a_bar, float(a), self.momentum, self.momentum_form)
         return l_p + l_n, logs
