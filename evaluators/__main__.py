@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if argv[:1] == ["table"]:
-            return tables.main(argv[1:])
+            return tables.main(argv[1:], prog="python -m evaluators table")
         args = _parser().parse_args(argv)
         return _afhq(args)
     except USER_ERRORS as error:

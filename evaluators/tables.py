@@ -325,8 +325,8 @@ def render_table(results: Sequence[dict], fmt: str = "md", *, group_by: str = "m
     return json.dumps([_json(t) for t in tables], indent=1, ensure_ascii=False) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evaluators.tables",
+def main(argv: list[str] | None = None, prog: str = "python -m evaluators.tables") -> int:
+    parser = argparse.ArgumentParser(prog=prog,
                                      description="Metric tables (mean ± std over seeds) from run result files.")
     parser.add_argument("paths", nargs="+", help="run folders (reads RUN/eval/*.json) or result JSON files")
     parser.add_argument("--format", choices=FORMATS, default="md")

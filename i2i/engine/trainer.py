@@ -166,7 +166,7 @@ class Trainer:
         with self.autocast():
             loss, logs = task.d_loss(branch, regs.critic(task, for_generator=False), negatives)
             loss, extra = regs.add_critic_losses(loss, task, real_a, fake, cond)
-        values = _floats({**logs, **extra}, f"D/{branch.name}_")
+        values = _floats({**logs, **extra, "loss": loss}, f"D/{branch.name}_")
         self.optimize(loss, values, (task.critic_net,), step)
         return values
 
@@ -182,7 +182,7 @@ class Trainer:
             )
             loss = loss + task.content_weight * content
             loss, extra = regs.add_generator_losses(loss, task, task.real_pair(branch)[0], fake, branch.cond_fake)
-        values = _floats({**logs, "content": content, **extra}, f"G/{branch.name}_")
+        values = _floats({**logs, "content": content, **extra, "loss": loss}, f"G/{branch.name}_")
         values.update(_floats(mix_logs, f"mix/{branch.name}_"))
         self.optimize(loss, values, branch.g_nets, step)
         return values
@@ -205,6 +205,8 @@ class Trainer:
         for branch in branches:
             logs.update(self.g_step(branch, step))
         self.ema.update(self.task.nets)
+        if self.regs.feature_mix.method == "remix":
+            logs["mix/a_bar"] = self.regs.feature_mix.a_bar
         return logs
 
     def fit(self, resume_from: Path | None = None) -> Path:
@@ -273,6 +275,7 @@ class Trainer:
 
 
 def check_finite(values: dict[str, float], step: int, last_checkpoint: Path | None) -> None:
+    """Raises TrainingDiverged naming the first non-finite value (components come before their total)."""
     for name, value in values.items():
         if not math.isfinite(value):
             kept = f"the last good checkpoint is '{last_checkpoint}'" if last_checkpoint else "no checkpoint was written yet"
@@ -287,8 +290,14 @@ def _non_ema(nets: dict[str, nn.Module], ema: dict[str, nn.Module]) -> dict[str,
     return {n: m for n, m in nets.items() if n not in ema}
 
 
-def _brief(logs: dict[str, float], limit: int = 4) -> dict[str, str]:
-    return {k.split("/", 1)[-1]: f"{v:.3g}" for k, v in list(logs.items())[:limit]}
+def _brief(logs: dict[str, float]) -> dict[str, str]:
+    """Progress-bar summary: D and G losses and the content loss, averaged over the branches."""
+    def mean(prefix: str, suffix: str) -> float:
+        values = [v for k, v in logs.items() if k.startswith(prefix) and k.endswith(suffix)]
+        return sum(values) / max(len(values), 1)
+
+    return {"D": f"{mean('D/', '_loss'):.3f}", "G": f"{mean('G/', '_loss'):.3f}",
+            "content": f"{mean('G/', '_content'):.3f}"}
 
 
 def _progress(start: int, total: int, enabled: bool, desc: str):
