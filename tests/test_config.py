@@ -51,7 +51,7 @@ def test_main_command_uses_real_data_when_present(tmp_path, monkeypatch):
     ({"data.img_size": 48}, "power of two"),
     ({"remix.method": "remx"}, "remix.method: 'remx' is not one of none, remix, wm, mixup"),
     ({"regularizers.mixer": "blend"}, "none, mixup, cutmix, srmix"),
-    ({"regularizers.diffaug": "color,zoom"}, "unknown op.*zoom.*color, translation, cutout"),
+    ({"regularizers.diffaug": "color,zoom"}, "unknown .*op.*zoom.*color, translation, cutout"),
     ({"train.batch_size": 1}, "batch_size"),
     ({"model.widht": 3}, "unknown config key 'model.widht'.*width"),
     ({"colour.x": 1}, "unknown config key 'colour.x'"),

@@ -201,8 +201,8 @@ class AFHQTask(Task):
     def targets(self, branch: Branch, codes: Codes) -> tuple[Any, Any]:
         if not self.mixes_content:
             return codes.first, codes.second
-        x, y = branch.inputs["x"], branch.inputs["y"]
-        return (x, y), (x.roll(1, 0), y.roll(1, 0))
+        x = branch.inputs["x"]
+        return x, x.roll(1, 0)
 
     def content(self, fake: Tensor, branch: Branch) -> Tensor:
         if not self.mixes_content:
@@ -215,8 +215,8 @@ class AFHQTask(Task):
             s_org = torch.lerp(E(x.roll(1, 0), y.roll(1, 0)), s_org, w)
         return self.nets["generator"](fake, s_org)
 
-    def target_content(self, t: Any, branch: Branch) -> Tensor:
-        return t[0] if self.mixes_content else t
+    def target_content(self, t: Tensor, branch: Branch) -> Tensor:
+        return t  # style codes (style mode) and source images (content mode) are already in φ space
 
     def content_distance(self, a: Tensor, b: Tensor) -> Tensor:
         return l1_per_sample(a, b)
@@ -254,7 +254,9 @@ class AFHQTask(Task):
         x, y_trg = branch.inputs["x"], branch.cond_fake
         loss_adv = adv_loss(critic(fake, y_trg), 1.0)
         s2 = self.style_code(branch, second=True) if self.mixes_content else codes.second
-        loss_ds = (fake - G(x, s2).detach()).abs().mean()
+        with torch.no_grad():  # the official code detaches this output: no graph needed
+            fake2 = G(x, s2)
+        loss_ds = (fake - fake2).abs().mean()
         lambda_ds = lambda_ds_at(branch.step, loss_cfg)
         loss = loss_adv - lambda_ds * loss_ds
         logs = {"adv": loss_adv.detach(), "ds": loss_ds.detach()}
