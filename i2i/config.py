@@ -322,6 +322,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, task: str) -> None:
             group.add_argument(*flags, dest=key, default=argparse.SUPPRESS, metavar="V", help=argparse.SUPPRESS)
 
 
+def describe_keys(task: str) -> str:
+    """Every config key with its default, one section per line (for --help)."""
+    cfg = default_config(task)
+    lines = []
+    for section in Config.SECTIONS:
+        values = dataclasses.asdict(getattr(cfg, section))
+        lines.append(f"  {section}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    return "all keys (--section.field VALUE) and their defaults before the preset:\n" + "\n".join(lines)
+
+
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if "." in k}
 

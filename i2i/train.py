@@ -17,6 +17,7 @@ from i2i.config import (
     add_config_arguments,
     build_config,
     config_from_dict,
+    describe_keys,
     load_yaml,
     overrides_from_args,
     set_value,
@@ -30,14 +31,16 @@ EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 
 
 def _parser(task: str | None) -> argparse.ArgumentParser:
+    """The full parser for `task`; with task None, the first pass that only finds --task/--config/--resume."""
     parser = argparse.ArgumentParser(prog="python -m i2i.train", description=__doc__, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, add_help=task is not None)
     parser.add_argument("--task", choices=sorted(TASKS), default=task, help="translation task (default: afhq)")
     parser.add_argument("--config", metavar="YAML", help="preset file (default: configs/<task>.yaml)")
     parser.add_argument("--run-dir", metavar="DIR", help="output folder (default: runs/<task>-<method>-<time>)")
     parser.add_argument("--resume", metavar="PATH|auto", help="continue a run from a checkpoint")
     if task is not None:
         add_config_arguments(parser, task)
+        parser.epilog = describe_keys(task)
     return parser
 
 
