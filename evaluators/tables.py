@@ -347,4 +347,4 @@ if __name__ == "__main__":
         sys.exit(main())
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2)

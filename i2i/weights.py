@@ -364,4 +364,4 @@ if __name__ == "__main__":
         sys.exit(main())
     except (MissingWeightsError, ChecksumError) as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2)
