@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from i2i.cli import user_errors
+
 FORMAT = "i2i-eval"
 VERSION = 1
 FORMATS = ("md", "csv", "json")
@@ -325,6 +327,7 @@ def render_table(results: Sequence[dict], fmt: str = "md", *, group_by: str = "m
     return json.dumps([_json(t) for t in tables], indent=1, ensure_ascii=False) + "\n"
 
 
+@user_errors(ValueError, FileNotFoundError)
 def main(argv: list[str] | None = None, prog: str = "python -m evaluators.tables") -> int:
     parser = argparse.ArgumentParser(prog=prog,
                                      description="Metric tables (mean ± std over seeds) from run result files.")
@@ -343,8 +346,4 @@ def main(argv: list[str] | None = None, prog: str = "python -m evaluators.tables
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(main())

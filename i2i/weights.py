@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from i2i.cli import user_errors
+
 ENV_VAR = "I2I_WEIGHTS"
 
 
@@ -336,6 +338,7 @@ def format_table(rows: list[dict[str, str]], columns: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+@user_errors(MissingWeightsError, ChecksumError)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m i2i.weights", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -360,8 +363,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (MissingWeightsError, ChecksumError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(main())
