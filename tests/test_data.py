@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from i2i.data import synthetic
+from i2i.data.synthetic import animals
+from i2i.data.synthetic.__main__ import main as synthetic_main
 from i2i.data.afhq import (
     AFHQEvalDataset, AFHQTrainStream, ImageIndex, eval_transform, load_eval_images, random_resized_crop_box, scan_split,
     train_transform,
@@ -344,7 +345,7 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
         written.append(path)
         Image.fromarray(pixels).save(path)
 
-    monkeypatch.setattr(synthetic, "save_png", failing_save)
+    monkeypatch.setattr(animals, "save_png", failing_save)
     with pytest.raises(KeyboardInterrupt):
         make_afhq(tmp_path / "afhq", img_size=16, n_train=3, n_val=1)
     assert os.listdir(tmp_path) == []
@@ -360,9 +361,9 @@ def test_synthetic_domains_are_separable_by_nearest_class_mean(tmp_path):
 
 
 def test_cli_generates_and_reports_refusal(tmp_path, capsys):
-    out = synthetic.main(["afhq", str(tmp_path / "cli"), "--size", "16", "--n-train", "2", "--n-val", "1"])
+    out = synthetic_main(["afhq", str(tmp_path / "cli"), "--size", "16", "--n-train", "2", "--n-val", "1"])
     assert len(scan_split(out, "train")) == 6 and "ready" in capsys.readouterr().out
     with pytest.raises(SystemExit) as stop:
-        synthetic.main(["afhq", str(tmp_path), "--size", "16"])
+        synthetic_main(["afhq", str(tmp_path), "--size", "16"])
     assert stop.value.code == 2 and "refusing" in capsys.readouterr().err
     assert len(list((out / "val").rglob("*.png"))) == 3
