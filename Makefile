@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.i2i-installed
 
-.PHONY: install demo test test-fast bench clean-demo
+.PHONY: install demo app test test-fast bench clean-demo
 
 install: $(STAMP)
 
@@ -20,6 +20,12 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(PY) -m i2i.train --config configs/afhq_demo.yaml --run-dir runs/demo --resume auto --remix
 	$(PY) -m evaluators afhq --run runs/demo --backbone proxy --allow-random-lpips --max-per-domain 30
+
+# Serve the demo run in the browser: export it to ONNX first when the export is missing or older than its checkpoint.
+app: install
+	@test -n "$$(ls runs/demo/checkpoints/*.pt 2>/dev/null)" || { echo "no trained demo in runs/demo: run 'make demo' first"; exit 2; }
+	$(PY) -m i2i.export --run runs/demo --out exports/demo --skip-if-current
+	$(PY) -m apps.gradio_app --exports exports
 
 test: install
 	$(PY) -m pytest -q

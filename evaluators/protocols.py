@@ -46,7 +46,7 @@ from i2i.data.images import DatasetError, load_rgb
 from i2i.data.subset import read_manifest
 from i2i.engine.checkpoint import latest_checkpoint, load_checkpoint
 from i2i.fileio import atomic_write_text
-from i2i.nets.stargan_v2 import build_nets, load_into, load_official_checkpoint
+from i2i.nets.stargan_v2 import build_nets, load_into, load_official_nets, official_architecture  # noqa: F401 (re-exported)
 from i2i.tasks.afhq import GENERATOR_SIDE, translate_latent, translate_reference
 
 MODES = ("latent", "reference")
@@ -99,54 +99,11 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: 
                      path)
 
 
-def _count(keys: Sequence[str], prefix: str, suffix: str) -> int:
-    return sum(1 for k in keys if k.startswith(prefix) and k.endswith(suffix) and k[len(prefix):-len(suffix)].isdigit())
-
-
-def official_architecture(state: dict[str, dict[str, Tensor]], source: str | Path = "the checkpoint") -> dict[str, int]:
-    """build_nets arguments (img_size, num_domains, style_dim, latent_dim, max_conv_dim, width) read from the tensor
-    shapes of a StarGAN v2 nets checkpoint ({net_name: state_dict}).
-
-    The style encoder has log2(S) - 2 down-sampling blocks and starts at `width` channels; max_conv_dim is its widest
-    block (a larger cap builds the same nets). A generator with one down-sampling block more than S implies was
-    trained with w_hpf > 0 (CelebA-HQ) and needs the FAN face-mask network: refused.
-    """
-    try:
-        mapping, style, generator = state["mapping_network"], state["style_encoder"], state["generator"]
-        latent_dim = mapping["shared.0.weight"].shape[1]
-        style_dim = mapping["unshared.0.6.weight"].shape[0]
-        width = style["shared.0.weight"].shape[0]
-    except KeyError as error:
-        raise ValueError(f"'{source}' is not a StarGAN v2 nets checkpoint: it lacks {error} (it holds "
-                         f"{sorted(state)})") from None
-    blocks = _count(list(style), "shared.", ".conv2.weight")
-    img_size = 2 ** (blocks + 2)
-    if _count(list(generator), "encode.", ".conv1.weight") != blocks:  # w_hpf = 0: log2(S) - 4 down + 2 bottleneck
-        raise ValueError(f"'{source}' holds a generator trained with high-pass skips (w_hpf > 0, the CelebA-HQ "
-                         "setting), which need the FAN face-landmark network; the AFHQ protocol supports w_hpf = 0")
-    max_conv_dim = max(style[f"shared.{i}.conv2.weight"].shape[0] for i in range(1, blocks + 1))
-    return {"img_size": img_size, "num_domains": _count(list(mapping), "unshared.", ".0.weight"),
-            "style_dim": int(style_dim), "latent_dim": int(latent_dim), "max_conv_dim": int(max_conv_dim),
-            "width": int(width)}
-
-
 def load_official(path: str | Path, img_size: int | None = None, num_domains: int | None = None, *,
                   trust: bool = False, device: str | torch.device = "cpu") -> dict[str, nn.Module]:
-    """The generator, mapping network and style encoder of an official-format `*_nets_ema.ckpt` (eval mode, frozen).
-
-    The architecture is read from the file (the official AFHQ file: 256 px, 3 domains); `img_size` / `num_domains`,
-    when given, are checked against it. Tensors-only unpickling unless `trust`.
-    """
-    state = load_official_checkpoint(path, trust=trust)
-    arch = official_architecture(state, path)
-    for key, expected in (("img_size", img_size), ("num_domains", num_domains)):
-        if expected is not None and arch[key] != expected:
-            raise ValueError(f"'{path}' holds a model with {key} {arch[key]}, but {expected} was expected "
-                             f"(e.g. the number of domain folders of the data)")
-    nets = build_nets(**arch)
-    nets = {name: nets[name] for name in GENERATOR_SIDE}
-    load_into(nets, state, strict=True, source=path)
-    return _frozen(nets, device)
+    """The generator, mapping network and style encoder of an official `*_nets_ema.ckpt`, eval mode and frozen
+    (see `i2i.nets.stargan_v2.load_official_nets`)."""
+    return _frozen(load_official_nets(path, img_size, num_domains, trust=trust), device)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -6,7 +6,15 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-import torch
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files with mode 0600; the renamed file should get the mode a plain open() would give it.
+_FILE_MODE = 0o666 & ~_current_umask()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -26,6 +34,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> N
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -42,4 +51,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    import torch  # here, not at the top: the serving process (apps/) writes files through this module without torch
+
     atomic_write(path, lambda f: torch.save(obj, f))

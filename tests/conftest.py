@@ -40,3 +40,27 @@ def tiny_config(tiny_afhq):
         return build_config("afhq", None, {"data.root": str(tiny_afhq), **TINY, **overrides})
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_afhq, tmp_path_factory):
+    """A finished 2-iteration tiny afhq run folder (checkpoint, config, data manifest)."""
+    from i2i.engine.trainer import Trainer
+
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    cfg = build_config("afhq", None, {"data.root": str(tiny_afhq), **TINY, "train.total_iters": 2})
+    with torch.random.fork_rng():
+        Trainer(cfg, run_dir).fit()
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_run, tmp_path_factory):
+    """All ONNX graphs of the tiny run, exported and verified (tests/test_export.py checks them)."""
+    from i2i.engine.inference import load_run
+    from i2i.export import export_model
+
+    run = load_run(tiny_run)
+    out = tmp_path_factory.mktemp("exports") / "tiny"
+    export_model(run.task, run.nets, out, source=run.checkpoint, log=lambda message: None)
+    return out

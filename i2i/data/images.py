@@ -41,7 +41,7 @@ def load_rgb(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as image:
             image.load()
-            return _to_rgb(image)
+            return to_rgb(image)
     except Exception as error:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError, ...
         raise DatasetError(
             f"cannot read image '{path}': {type(error).__name__}: {error}. Expected a valid image file "
@@ -49,7 +49,8 @@ def load_rgb(path: str | Path) -> Image.Image:
         ) from error
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB: grey and palette expanded, alpha composited on black, 16/32-bit grey rescaled."""
     if image.mode == "RGB":
         return image.copy()
     if image.mode in _HIGH_DEPTH_MODES:

@@ -87,6 +87,11 @@ def read_manifest(path: str | Path, root: str | Path | None = None) -> ImageInde
     return ImageIndex.from_groups(root, groups)
 
 
+def manifest_domains(path: str | Path) -> list[str]:
+    """The domain names a manifest records, in label order (no dataset access)."""
+    return list(_load_manifest(Path(path))["domains"])
+
+
 def _relative_posix(path: Path, root: Path) -> str:
     try:
         return path.relative_to(root).as_posix()

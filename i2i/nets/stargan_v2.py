@@ -498,3 +498,53 @@ def save_official_checkpoint(path: str | os.PathLike, nets: Mapping[str, nn.Modu
     """Write {net_name: state_dict} in the official format (no `module.` prefix), atomically: a crash never leaves
     a truncated file at `path`."""
     atomic_torch_save({name: _unwrap(net).state_dict() for name, net in nets.items()}, path)
+
+
+def _count(keys: Sequence[str], prefix: str, suffix: str) -> int:
+    return sum(1 for k in keys if k.startswith(prefix) and k.endswith(suffix) and k[len(prefix):-len(suffix)].isdigit())
+
+
+def official_architecture(state: dict[str, dict[str, Tensor]], source: str | os.PathLike = "the checkpoint") -> dict[str, int]:
+    """build_nets arguments (img_size, num_domains, style_dim, latent_dim, max_conv_dim, width) read from the tensor
+    shapes of a StarGAN v2 nets checkpoint ({net_name: state_dict}).
+
+    The style encoder has log2(S) - 2 down-sampling blocks and starts at `width` channels; max_conv_dim is its widest
+    block (a larger cap builds the same nets). A generator with one down-sampling block more than S implies was
+    trained with w_hpf > 0 (CelebA-HQ) and needs the FAN face-mask network: refused.
+    """
+    try:
+        mapping, style, generator = state["mapping_network"], state["style_encoder"], state["generator"]
+        latent_dim = mapping["shared.0.weight"].shape[1]
+        style_dim = mapping["unshared.0.6.weight"].shape[0]
+        width = style["shared.0.weight"].shape[0]
+    except KeyError as error:
+        raise ValueError(f"'{source}' is not a StarGAN v2 nets checkpoint: it lacks {error} (it holds "
+                         f"{sorted(state)})") from None
+    blocks = _count(list(style), "shared.", ".conv2.weight")
+    img_size = 2 ** (blocks + 2)
+    if _count(list(generator), "encode.", ".conv1.weight") != blocks:  # w_hpf = 0: log2(S) - 4 down + 2 bottleneck
+        raise ValueError(f"'{source}' holds a generator trained with high-pass skips (w_hpf > 0, the CelebA-HQ "
+                         "setting), which need the FAN face-landmark network; the AFHQ protocol supports w_hpf = 0")
+    max_conv_dim = max(style[f"shared.{i}.conv2.weight"].shape[0] for i in range(1, blocks + 1))
+    return {"img_size": img_size, "num_domains": _count(list(mapping), "unshared.", ".0.weight"),
+            "style_dim": int(style_dim), "latent_dim": int(latent_dim), "max_conv_dim": int(max_conv_dim),
+            "width": int(width)}
+
+
+def load_official_nets(path: str | os.PathLike, img_size: int | None = None, num_domains: int | None = None, *,
+                       trust: bool = False) -> dict[str, nn.Module]:
+    """The generator, mapping network and style encoder of an official-format `*_nets_ema.ckpt` (on the CPU).
+
+    The architecture is read from the file (the official AFHQ file: 256 px, 3 domains); `img_size` / `num_domains`,
+    when given, are checked against it. Tensors-only unpickling unless `trust`.
+    """
+    state = load_official_checkpoint(path, trust=trust)
+    arch = official_architecture(state, path)
+    for key, expected in (("img_size", img_size), ("num_domains", num_domains)):
+        if expected is not None and arch[key] != expected:
+            raise ValueError(f"'{path}' holds a model with {key} {arch[key]}, but {expected} was expected "
+                             f"(e.g. the number of domain folders of the data)")
+    nets = build_nets(**arch)
+    nets = {name: nets[name] for name in ("generator", "mapping_network", "style_encoder")}
+    load_into(nets, state, strict=True, source=path)
+    return nets

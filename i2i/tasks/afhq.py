@@ -20,13 +20,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.utils import make_grid
 
-from i2i.config import ConfigError
+from i2i.config import ConfigError, default_config
 from i2i.data.afhq import AFHQTrainStream, load_eval_images, scan_split
 from i2i.data.images import DatasetError
-from i2i.data.subset import read_manifest, select_fraction, write_manifest
+from i2i.data.subset import manifest_domains, read_manifest, select_fraction, write_manifest
 from i2i.data.synthetic import make_afhq
-from i2i.nets.stargan_v2 import build_nets, he_init
-from i2i.tasks.base import Branch, Codes, Critic, Negatives, Task
+from i2i.nets.stargan_v2 import build_nets, he_init, load_official_nets, official_architecture
+from i2i.serving import GraphSpec, TensorSpec
+from i2i.tasks.base import Branch, Codes, Critic, ExportGraph, GraphModule, Negatives, Task
 
 GENERATOR_SIDE = ("generator", "mapping_network", "style_encoder")
 
@@ -115,6 +116,9 @@ class AFHQTask(Task):
             raise ConfigError(f"loss.ds_iter: {cfg.loss.ds_iter!r} is invalid; expected >= 0")
 
     # -- set-up --------------------------------------------------------------------------------------------------
+    def restore(self, run_dir: Path) -> None:
+        self.domains = manifest_domains(Path(run_dir) / "data_manifest.json")
+
     def prepare_data(self, run_dir: Path, resume: bool) -> None:
         d = self.cfg.data
         if d.root is None:
@@ -296,3 +300,72 @@ class AFHQTask(Task):
             rows.append(torch.cat([x_src[i:i + 1], out]))
         latent = make_grid(_to_unit(torch.cat(rows)), nrow=len(y_all) + 1, padding=2, pad_value=1.0)
         return {"reference": reference, "latent": latent}
+
+    # -- serving ---------------------------------------------------------------------------------------------------
+    @property
+    def title(self) -> str:
+        return f"StarGAN v2 {self.cfg.data.img_size} px ({', '.join(self.domains)})"
+
+    def export_graphs(self, nets: dict[str, nn.Module]) -> list[ExportGraph]:
+        """latent (x, y_trg, z), reference (x, x_ref, y_trg) -> image; and the style encoder, mapping network and
+        generator alone, for programs that mix styles."""
+        S, m, K = self.cfg.data.img_size, self.cfg.model, self.domains
+        image = lambda name, title: TensorSpec(name, "image", "float32", ("N", 3, S, S), (-1.0, 1.0), title=title)
+        domain = lambda name, title: TensorSpec(name, "domain", "int64", ("N",), choices=tuple(K), title=title)
+        style = TensorSpec("s", "style", "float32", ("N", m.style_dim), title="style code")
+        out = TensorSpec("image", "image", "float32", ("N", 3, S, S), (-1.0, 1.0), title="translation")
+        G, F_, E = nets["generator"], nets["mapping_network"], nets["style_encoder"]
+        specs = [
+            (GraphSpec("latent", "Latent-guided", (image("x", "source"), domain("y_trg", "target domain"),
+                                                   TensorSpec("z", "latent", "float32", ("N", m.latent_dim),
+                                                              title="latent code")), (out,),
+                       description="G(x, F(z, y_trg)): a random style of the target domain per latent code"),
+             lambda n, x, y, z: translate_latent(n, x, y, z), {"generator": G, "mapping_network": F_}),
+            (GraphSpec("reference", "Reference-guided", (image("x", "source"), image("x_ref", "reference"),
+                                                         domain("y_trg", "reference's domain")), (out,),
+                       description="G(x, E(x_ref, y_trg)): the style of a reference image of the target domain"),
+             lambda n, x, x_ref, y: translate_reference(n, x, x_ref, y), {"generator": G, "style_encoder": E}),
+            (GraphSpec("style_encoder", "Style encoder", (image("x_ref", "reference"), domain("y", "domain")),
+                       (style,), ui=False, description="E(x_ref, y) -> style code"),
+             lambda n, x, y: n["style_encoder"](x, y), {"style_encoder": E}),
+            (GraphSpec("mapping_network", "Mapping network", (TensorSpec("z", "latent", "float32",
+                                                                        ("N", m.latent_dim)), domain("y", "domain")),
+                       (style,), ui=False, description="F(z, y) -> style code"),
+             lambda n, z, y: n["mapping_network"](z, y), {"mapping_network": F_}),
+            (GraphSpec("generator", "Generator", (image("x", "source"), style), (out,), ui=False,
+                       description="G(x, s): translate with any style code (mix styles here)"),
+             lambda n, x, s: n["generator"](x, s), {"generator": G}),
+        ]
+        return [ExportGraph(spec, GraphModule(fn, parts)) for spec, fn, parts in specs]
+
+    def example_images(self, max_per_label: int = 2) -> list[tuple[Path, str]]:
+        root = self.cfg.data.root
+        if root is None or not (Path(root) / "val").is_dir():
+            return []
+        index = scan_split(root, "val")
+        taken: dict[int, int] = {}
+        examples = []
+        for path, label in zip(index.files, index.labels):
+            if taken.get(label, 0) < max_per_label:
+                taken[label] = taken.get(label, 0) + 1
+                examples.append((path, index.domains[label]))
+        return examples
+
+    @classmethod
+    def load_official(cls, path: Path, *, img_size: int | None, labels: list[str] | None, trust: bool,
+                      device: torch.device) -> tuple["AFHQTask", dict[str, nn.Module]]:
+        """An official `*_nets_ema.ckpt` (the architecture is read from the file; AFHQ's domains are cat, dog,
+        wild unless `labels` names them)."""
+        nets = load_official_nets(path, img_size=img_size, trust=trust)
+        arch = official_architecture({n: net.state_dict() for n, net in nets.items()}, path)
+        cfg = default_config(cls.name)
+        cfg.data.img_size = arch["img_size"]
+        cfg.model.style_dim, cfg.model.latent_dim = arch["style_dim"], arch["latent_dim"]
+        cfg.model.max_conv_dim, cfg.model.width = arch["max_conv_dim"], arch["width"]
+        names = list(labels) if labels else (["cat", "dog", "wild"] if arch["num_domains"] == 3 else
+                                             [f"domain{k}" for k in range(arch["num_domains"])])
+        if len(names) != arch["num_domains"]:
+            raise ValueError(f"'{path}' has {arch['num_domains']} domains, but {len(names)} names were given: {names}")
+        task = cls(cfg, device)
+        task.domains = names
+        return task, {name: net.eval().requires_grad_(False).to(device) for name, net in nets.items()}

@@ -12,6 +12,11 @@ G1's outputs without knowing the task:
 
 The critic is `critic(images, cond) -> logits`, split as `head(features(images, cond), cond)` for AdaptiveMix.
 Image-space regularizers need real images that share the fakes' condition: `real_pair(branch)`.
+
+Serving: `export_graphs(nets)` declares what `python -m i2i.export` writes (one `ExportGraph` per ONNX file: a module
+and its `i2i.serving.GraphSpec`); `restore(run_dir)` recovers what `build()` needs from a run folder without the
+dataset, so a finished run can be exported or evaluated anywhere; `load_official(path, ...)` builds the task and its
+inference nets from the official implementation's released checkpoint.
 """
 from __future__ import annotations
 
@@ -22,6 +27,8 @@ from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 from torch import Tensor, nn
+
+from i2i.serving import GraphSpec
 
 Critic = Callable[[Tensor, Any], Any]
 
@@ -67,6 +74,27 @@ class Negatives:
     sets: list[tuple[Tensor, Any, float]] = field(default_factory=list)
 
 
+@dataclass
+class ExportGraph:
+    """One exported graph: `module(*inputs in spec.inputs order)` returns the outputs in spec.outputs order."""
+
+    spec: GraphSpec
+    module: nn.Module
+
+
+class GraphModule(nn.Module):
+    """`fn(nets, *inputs)` as a module with `nets` registered as sub-modules, so a composition of a task's nets
+    (mapping network then generator, say) exports as one graph."""
+
+    def __init__(self, fn: Callable[..., Any], nets: dict[str, nn.Module]):
+        super().__init__()
+        self.fn = fn
+        self.parts = nn.ModuleDict(nets)
+
+    def forward(self, *inputs: Tensor) -> Any:
+        return self.fn(dict(self.parts), *inputs)
+
+
 class Task(ABC):
     name: ClassVar[str]
     ModelConfig: ClassVar[type]
@@ -86,6 +114,11 @@ class Task(ABC):
         """Task-specific checks of cfg; raise i2i.config.ConfigError naming the key."""
 
     # -- set-up --------------------------------------------------------------------------------------------------
+    @abstractmethod
+    def restore(self, run_dir: Path) -> None:
+        """Recovers from a run folder what `build()` needs (e.g. the domain names of the data manifest), without
+        reading the dataset."""
+
     @abstractmethod
     def prepare_data(self, run_dir: Path, resume: bool) -> None:
         """Finds/validates the dataset, applies --data-frac and writes (or, on resume, reads) the run's manifest."""
@@ -180,3 +213,23 @@ class Task(ABC):
     @abstractmethod
     def g_loss(self, branch: Branch, critic: Critic, fake: Tensor, codes: Codes) -> tuple[Tensor, dict[str, Tensor]]:
         """The generator's losses other than the content loss (adversarial, cycle, diversity, feature matching...)."""
+
+    # -- serving -------------------------------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def title(self) -> str:
+        """A short human-readable name of the trained model (the app's tab title)."""
+
+    @abstractmethod
+    def export_graphs(self, nets: dict[str, nn.Module]) -> list[ExportGraph]:
+        """The graphs to export from inference nets (EMA where the task keeps one), in the app's mode order."""
+
+    def example_images(self, max_per_label: int = 2) -> list[tuple[Path, str]]:
+        """(image file, caption) pairs a person can click in the app; [] when the dataset is not at hand."""
+        return []
+
+    @classmethod
+    def load_official(cls, path: Path, *, img_size: int | None, labels: list[str] | None, trust: bool,
+                      device: torch.device) -> tuple["Task", dict[str, nn.Module]]:
+        """The task and its inference nets from the official implementation's released checkpoint."""
+        raise ValueError(f"task '{cls.name}' has no released official checkpoint to load; export one of its runs")
