@@ -23,6 +23,7 @@ from evaluators.fid import BACKBONES, FeatureBackbone, build_backbone
 from evaluators.lpips import LPIPS, build_lpips
 from evaluators.protocols import (MODES, OFFICIAL_BATCH_SIZE, afhq_result, evaluate_afhq, format_summary, load_official,
                                   load_run, write_result)
+from evaluators.content import read_poses, train_pose_regressor
 from evaluators.proxy import train_proxy
 from i2i.data.afhq import scan_split
 from i2i.engine.trainer import select_device
@@ -96,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="evaluation seed (latent codes, shuffles; default: 0)")
     how.add_argument("--proxy-steps", type=_positive, default=400, metavar="N",
                      help="training steps of the proxy backbone (default: 400)")
+    how.add_argument("--no-proxy-metrics", action="store_true",
+                     help="skip the † proxy metrics: target-domain accuracy (a domain classifier trained on the data "
+                          "set) and content preservation (a pose regressor; only on data with poses.json)")
     run = afhq.add_argument_group("execution and output")
     run.add_argument("--out", type=Path, metavar="FILE",
                      help="result file (default: RUN/eval/afhq.json, or eval/afhq.json beside the checkpoint)")
@@ -177,11 +181,7 @@ def _lpips(args: argparse.Namespace, device: torch.device) -> tuple[LPIPS, str]:
 def _backbone(args: argparse.Namespace, model: _Model, device: torch.device,
               cache_dir: Path) -> tuple[FeatureBackbone, str]:
     if args.backbone == "proxy":
-        # trained on the data set's full training split, not a run's --data-frac subset: runs with different
-        # fractions or seeds are then scored in one feature space and stay comparable
-        index = scan_split(model.data_root, "train")
-        proxy = train_proxy(index.files, index.labels, cache_dir=cache_dir / "proxy", steps=args.proxy_steps,
-                            progress=not args.no_progress, device=device)
+        proxy = _proxy_classifier(args, model, device, cache_dir)
         return proxy, str(proxy.source)
     try:
         backbone = build_backbone(args.backbone, image_size=model.img_size, device=device)
@@ -192,17 +192,41 @@ def _backbone(args: argparse.Namespace, model: _Model, device: torch.device,
     return backbone, str(find_weights(FID_WEIGHTS[args.backbone]))
 
 
+def _proxy_classifier(args: argparse.Namespace, model: _Model, device: torch.device, cache_dir: Path):
+    # trained on the data set's full training split, not a run's --data-frac subset: runs with different
+    # fractions or seeds are then scored in one feature space and stay comparable
+    index = scan_split(model.data_root, "train")
+    return train_proxy(index.files, index.labels, cache_dir=cache_dir / "proxy", steps=args.proxy_steps,
+                       progress=not args.no_progress, device=device)
+
+
+def _proxy_metrics(args: argparse.Namespace, model: _Model, device: torch.device, cache_dir: Path, backbone):
+    """(classifier, pose regressor or None) for the † metrics; (None, None) with --no-proxy-metrics."""
+    if args.no_proxy_metrics:
+        return None, None
+    classifier = backbone if args.backbone == "proxy" else _proxy_classifier(args, model, device, cache_dir)
+    index = scan_split(model.data_root, "train")
+    poses = read_poses(model.data_root, index.files)
+    regressor = None
+    if poses is not None:
+        regressor = train_pose_regressor(index.files, poses, cache_dir=cache_dir / "proxy", image_size=model.img_size,
+                                         progress=not args.no_progress, device=device)
+    return classifier.classify, regressor
+
+
 def _afhq(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     cache_dir = args.cache_dir or default_cache_dir()
     model = _load_model(args, device)
     lpips_model, lpips_weights = _lpips(args, device)
     backbone, fid_weights = _backbone(args, model, device, cache_dir)
+    classifier, pose_regressor = _proxy_metrics(args, model, device, cache_dir, backbone)
     evaluation = evaluate_afhq(model.nets, model.data_root, img_size=model.img_size, latent_dim=model.latent_dim,
                                backbone=backbone, lpips_model=lpips_model, modes=args.mode, num_outs=args.num_outs,
                                batch_size=args.batch_size, seed=args.seed, device=device,
                                progress=not args.no_progress, max_per_domain=args.max_per_domain,
-                               cache_dir=cache_dir / "stats", num_workers=args.workers, domains=model.domains)
+                               cache_dir=cache_dir / "stats", num_workers=args.workers, domains=model.domains,
+                               classifier=classifier, pose_regressor=pose_regressor)
     result = afhq_result(evaluation, **model.header, data_root=str(model.data_root),
                          weights={"fid": fid_weights, "lpips": lpips_weights})
     out = write_result(result, args.out or model.default_out)

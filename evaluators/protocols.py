@@ -10,6 +10,8 @@ clovaai/stargan-v2 `metrics/eval.py`:
 - FID of a task = its fakes, rounded to 8 bits first (the official code scores the PNGs it saved), against ALL
   TRAINING images of trg (not the run's data fraction); the real statistics are cached per backbone and file list;
 - reported FID / LPIPS = mean over the tasks.
+Optional proxy metrics (†, `evaluators.content`): target-domain accuracy of the fakes under a domain classifier
+(`classifier`), and content preservation under a pose regressor (`pose_regressor`, on data that records poses).
 Every random draw comes from a generator seeded by (seed, mode, task or target domain), so results are deterministic
 and do not depend on which modes are evaluated. Runs on CPU; fakes and features are streamed batch by batch (the val
 images are held as 8-bit tensors: ~300 MB for AFHQ at 256 px).
@@ -26,7 +28,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -37,6 +39,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from evaluators.content import PoseRegressor, chance_distance, content_preservation, pose_distance
 from evaluators.fid import FeatureBackbone, dataset_statistics, extract_features, fid_to_statistics
 from evaluators.lpips import LPIPS, lpips_diversity
 from evaluators.tables import FORMAT, PROXY_MARK, UNCALIBRATED_MARK, VERSION, validate_result
@@ -227,6 +230,10 @@ class _Context:
     batch_size: int
     latent_dim: int
     seed: int
+    classifier: Callable[[Tensor], Tensor] | None = None
+    pose_regressor: PoseRegressor | None = None
+    source_poses: dict[str, Tensor] | None = None  # f(x) of the sources per domain, aligned with `sources`
+    chance: dict[str, float] | None = None  # pose distance of unrelated source pairs per domain
 
 
 def _check_settings(modes: Sequence[str], num_outs: int, batch_size: int,
@@ -281,9 +288,10 @@ def _evaluate_task(ctx: _Context, mode: str, src: str, trg: str, refs: Reference
     order = torch.from_numpy(shuffle.permutation(len(pixels)))
     z_generator = torch.Generator().manual_seed(_derived_seed(ctx.seed, "latent", task))
     trg_label = ctx.domains.index(trg)
-    features, diversities = [], []
+    features, diversities, correct, pose_errors = [], [], 0, []
     for start in range(0, len(order), bs):
-        x = _to_float(pixels[order[start:start + bs]], ctx.device)
+        index = order[start:start + bs]
+        x = _to_float(pixels[index], ctx.device)
         y = torch.full((len(x),), trg_label, dtype=torch.long, device=ctx.device)
         outputs = []
         for _ in range(ctx.num_outs):
@@ -295,12 +303,22 @@ def _evaluate_task(ctx: _Context, mode: str, src: str, trg: str, refs: Reference
                 fake = translate_reference(ctx.nets, x, x_ref, y)
             if not torch.isfinite(fake).all():
                 raise ValueError(f"{mode} {task}: the generator produced NaN or Inf outputs (a diverged checkpoint?)")
-            features.append(extract_features(ctx.backbone, quantize_8bit(fake), batch_size=bs, progress=False))
+            saved = quantize_8bit(fake)
+            features.append(extract_features(ctx.backbone, saved, batch_size=bs, progress=False))
+            if ctx.classifier is not None:
+                correct += int((ctx.classifier(saved).argmax(1) == trg_label).sum())
+            if ctx.pose_regressor is not None:
+                pose_errors.append(pose_distance(ctx.pose_regressor.predict(saved).cpu(), ctx.source_poses[src][index]))
             outputs.append(fake)
         diversities.append(lpips_diversity(torch.stack(outputs), ctx.lpips_model))
         bar.update(1)
     fid = fid_to_statistics(torch.cat(features), *ctx.real[trg])
-    return {"fid": fid, "lpips": float(np.mean(diversities)), "num_sources": len(pixels)}
+    result = {"fid": fid, "lpips": float(np.mean(diversities)), "num_sources": len(pixels)}
+    if ctx.classifier is not None:
+        result["domain_accuracy"] = correct / (len(pixels) * ctx.num_outs)
+    if ctx.pose_regressor is not None:
+        result["content"] = content_preservation(float(torch.cat(pose_errors).mean()), ctx.chance[src])
+    return result
 
 
 def _evaluate_mode(ctx: _Context, mode: str, progress: bool) -> dict:
@@ -315,8 +333,9 @@ def _evaluate_mode(ctx: _Context, mode: str, progress: bool) -> dict:
                 if src != trg:
                     bar.set_postfix_str(f"{src}->{trg}", refresh=False)
                     per_task[f"{src}->{trg}"] = _evaluate_task(ctx, mode, src, trg, refs, bar)
-    return {"fid": float(np.mean([t["fid"] for t in per_task.values()])),
-            "lpips": float(np.mean([t["lpips"] for t in per_task.values()])), "per_task": per_task}
+    means = {key: float(np.mean([t[key] for t in per_task.values()]))
+             for key in ("fid", "lpips", "domain_accuracy", "content") if key in next(iter(per_task.values()))}
+    return {**means, "per_task": per_task}
 
 
 def evaluate_afhq(nets: dict[str, nn.Module], data: str | Path | tuple[ImageIndex, ImageIndex], *, img_size: int,
@@ -324,15 +343,19 @@ def evaluate_afhq(nets: dict[str, nn.Module], data: str | Path | tuple[ImageInde
                   num_outs: int = 10, batch_size: int = OFFICIAL_BATCH_SIZE, seed: int = 0,
                   device: str | torch.device | None = None, progress: bool = True, max_per_domain: int | None = None,
                   cache_dir: str | Path | None = None, num_workers: int = 0,
-                  domains: Sequence[str] | None = None) -> dict[str, Any]:
+                  domains: Sequence[str] | None = None, classifier: Callable[[Tensor], Tensor] | None = None,
+                  pose_regressor: PoseRegressor | None = None) -> dict[str, Any]:
     """The StarGAN v2 AFHQ protocol (module docstring) for EMA `nets` {generator, mapping_network, style_encoder}.
 
     `data`: the dataset root (ROOT/{train,val}/<domain>/*) or (train_index, val_index). `domains`, when given, is the
     label order the nets were trained with, checked against the data. `max_per_domain` caps the val and the real
     training images of every domain (quick runs; recorded). `cache_dir` caches the real statistics (None: no cache).
     `device` defaults to the generator's; the nets, backbone and LPIPS model are moved there and put in eval mode.
+    `classifier` (images in [-1, 1] -> domain logits, labels in the data's order) adds "domain_accuracy";
+    `pose_regressor` (needs the data's poses.json) adds "content" (`evaluators.content`).
 
-    Returns {"metrics": {mode: {"fid", "lpips", "per_task": {"src->trg": {"fid", "lpips", "num_sources"}}}},
+    Returns {"metrics": {mode: {"fid", "lpips", ["domain_accuracy", "content"],
+    "per_task": {"src->trg": {"fid", "lpips", "num_sources", ...}}}},
     "domains", "num_outs", "batch_size", "eval_seed", "max_per_domain", "num_real" {domain: n}, "backbone",
     "calibrated", "lpips_backbone", "lpips_calibrated", "elapsed_seconds"}.
     """
@@ -349,14 +372,26 @@ def evaluate_afhq(nets: dict[str, nn.Module], data: str | Path | tuple[ImageInde
     real_files = _limited(train_index, max_per_domain, seed)
     real = {d: real_statistics(backbone, real_files[d], img_size, name=d, cache_dir=cache_dir, batch_size=batch_size,
                                num_workers=num_workers, progress=progress) for d in names}
+    val_files = _limited(val_index, max_per_domain, seed)
     sources = {d: torch.cat(list(_pixel_batches(files, img_size, batch_size, num_workers)))
-               for d, files in _limited(val_index, max_per_domain, seed).items()}
-    ctx = _Context(nets, device, names, sources, real, backbone, lpips_model, num_outs, batch_size, latent_dim, seed)
+               for d, files in val_files.items()}
+    source_poses = chance = None
+    if pose_regressor is not None:
+        pose_regressor.to(device)
+        source_poses = {d: torch.cat([pose_regressor.predict(_to_float(chunk, device)).cpu()
+                                      for chunk in pixels.split(batch_size)]) for d, pixels in sources.items()}
+        chance = {d: chance_distance(poses, _derived_seed(seed, "chance", d)) for d, poses in source_poses.items()}
+    ctx = _Context(nets, device, names, sources, real, backbone, lpips_model, num_outs, batch_size, latent_dim, seed,
+                   classifier, pose_regressor, source_poses, chance)
     metrics = {mode: _evaluate_mode(ctx, mode, progress) for mode in modes}
     return {"metrics": metrics, "domains": names, "num_outs": num_outs, "batch_size": batch_size, "eval_seed": seed,
             "max_per_domain": max_per_domain, "num_real": {d: len(f) for d, f in real_files.items()},
             "backbone": backbone.name, "calibrated": bool(backbone.calibrated), "lpips_backbone": LPIPS_BACKBONE,
-            "lpips_calibrated": bool(lpips_model.calibrated), "elapsed_seconds": round(time.perf_counter() - start, 1)}
+            "lpips_calibrated": bool(lpips_model.calibrated),
+            **({"classifier": "proxy", "classifier_calibrated": False} if classifier is not None else {}),
+            **({"pose_regressor": "proxy", "pose_regressor_calibrated": False,
+                "pose_regressor_r2": pose_regressor.val_r2} if pose_regressor is not None else {}),
+            "elapsed_seconds": round(time.perf_counter() - start, 1)}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -406,10 +441,20 @@ def format_summary(result: dict[str, Any]) -> str:
              f"  {len(tasks)} tasks, {'/'.join(map(str, sources))} source images per task, {result['num_outs']} "
              "outputs each" + (f" (at most {result['max_per_domain']} images per domain)" if result["max_per_domain"]
                                else ""),
-             f"  {'mode':<10} {'FID':>9} {'LPIPS':>8}"]
+             f"  {'mode':<10} {'FID':>9} {'LPIPS':>8}" + (f" {'target acc':>11}" if "classifier" in result else "")
+             + (f" {'content':>9}" if "pose_regressor" in result else "")]
     fid_mark = _mark(result["backbone"], result["calibrated"])
     lpips_mark = _mark(result["lpips_backbone"], result["lpips_calibrated"])
     for mode, values in result["metrics"].items():
-        lines.append(f"  {mode:<10} {values['fid']:>9.2f}{fid_mark:1} {values['lpips']:>8.4f}{lpips_mark}")
+        line = f"  {mode:<10} {values['fid']:>9.2f}{fid_mark:1} {values['lpips']:>8.4f}{lpips_mark}"
+        if "domain_accuracy" in values:
+            line += f" {values['domain_accuracy']:>10.3f}{PROXY_MARK}"
+        if "content" in values:
+            line += f" {values['content']:>8.3f}{PROXY_MARK}"
+        lines.append(line)
+    if "pose_regressor" in result:
+        lines.append(f"  target acc: share of fakes the domain classifier† assigns to the target domain; content: "
+                     f"1 - pose error / unrelated-pair error under a pose regressor† (held-out R² "
+                     f"{result['pose_regressor_r2']:.2f})")
     lines.append(f"  ({result['elapsed_seconds']:.0f} s)")
     return "\n".join(lines)

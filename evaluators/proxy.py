@@ -89,6 +89,15 @@ class ProxyBackbone(FeatureBackbone):
             images01 = F.interpolate(images01, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         return self.net.pooled(images01 * 2 - 1)
 
+    @torch.no_grad()
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        """Domain logits (N, num_classes) of images (N, 3, H, W) in [-1, 1] (target-domain accuracy, † metric)."""
+        images01 = (images.clamp(-1, 1) + 1) / 2
+        size = self.config.image_size
+        if images01.shape[-2:] != (size, size):
+            images01 = F.interpolate(images01, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        return self.net(images01 * 2 - 1)
+
     def extra_repr(self) -> str:
         return super().extra_repr() + f", trained={self.trained}, source={str(self.source) if self.source else None!r}"
 

@@ -63,9 +63,19 @@ def _lpips(mode: str) -> Metric:
                   calibrated_key="lpips_calibrated")
 
 
+def _proxy_metric(mode: str, key: str, label: str, network: str) -> Metric:
+    return Metric(f"{mode} {label}", (mode, key), digits=3, backbone_key=network, default_backbone="proxy",
+                  calibrated_key=f"{network}_calibrated")
+
+
 TABLES: dict[str, TableSpec] = {
-    "afhq": TableSpec("afhq", "Table 1: AFHQ (StarGAN v2), FID ↓ / LPIPS ↑, latent- and reference-guided",
-                      (_fid("latent"), _lpips("latent"), _fid("reference"), _lpips("reference"))),
+    "afhq": TableSpec("afhq", "Table 1: AFHQ (StarGAN v2), FID ↓ / LPIPS ↑ / target acc ↑ / content ↑, latent- and "
+                              "reference-guided",
+                      (_fid("latent"), _lpips("latent"), _proxy_metric("latent", "domain_accuracy", "acc", "classifier"),
+                       _proxy_metric("latent", "content", "content", "pose_regressor"),
+                       _fid("reference"), _lpips("reference"),
+                       _proxy_metric("reference", "domain_accuracy", "acc", "classifier"),
+                       _proxy_metric("reference", "content", "content", "pose_regressor"))),
     "nirvis": TableSpec("nirvis", "Table 2: CASIA NIR-VIS 2.0, recognition via generation (%) ↑",
                         (Metric("Rank-1", ("rank1",), backbone_key="recognizer", default_backbone="lightcnn29v2"),
                          Metric("VR@FAR=1%", ("vr_far_1e-2",), backbone_key="recognizer", default_backbone="lightcnn29v2"),
@@ -239,7 +249,10 @@ def build_table(results: Sequence[dict], spec: TableSpec, group_by: str = "metho
         cells = tuple(_cell([r for r in groups[name] if spec.split_by is None or r.get(spec.split_by) == column.split],
                             column.metric) for column in columns)
         rows.append((name, cells))
-    return Table(spec, group_by, columns, tuple(rows))
+    # metrics no run has (e.g. content preservation on data without recorded poses) get no column
+    kept = [i for i in range(len(columns)) if any(cells[i].n for _, cells in rows)] or list(range(len(columns)))
+    return Table(spec, group_by, tuple(columns[i] for i in kept),
+                 tuple((name, tuple(cells[i] for i in kept)) for name, cells in rows))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -17,11 +17,11 @@ from typing import Any
 
 import yaml
 
-from i2i.mixing.adaptivemix import DISTANCES, PAIRS
+from i2i.mixing.adaptivemix import DISTANCES, PAIRINGS, PAIRS
 from i2i.mixing.diffaug import parse_policy
 from i2i.mixing.image_mix import MIX_KINDS
 from i2i.mixing.pcr import COMBINE_OPS
-from i2i.mixing.remix import FEATURE_MIX_METHODS, MOMENTUM_FORMS
+from i2i.mixing.remix import A_BAR_MODES, DRAWS, FEATURE_MIX_METHODS, MOMENTUM_FORMS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -71,6 +71,12 @@ class FeatureMixConfig:
     momentum: float = 0.99
     momentum_form: str = "paper"  # paper: a <- m a + (1-m)(a_new - a) (Eq. 11);  ema: a <- m a + (1-m) a_new
     at: str = "style"  # afhq only: style (style codes, as the paper) | content (generator encoder features)
+    # afhq: the second code mixed with the first: "independent" (a third latent / reference, drawn for mixing only) or
+    # "shared" (the diversity loss's second code, which then compares G(x, s') with G(x, s2) and shrinks by ~lambda)
+    second_code: str = "independent"
+    branches: str = "all"  # the branches that mix: all, or comma-separated names (afhq: latent, reference)
+    draw: str = "per_branch"  # per_branch: independent draws per branch | per_iteration: one draw for all
+    a_bar: str = "per_branch"  # per_branch: one a_bar per branch | shared: one a_bar for all branches
 
 
 @dataclass
@@ -82,6 +88,7 @@ class RegularizerConfig:
     mix_alpha: float = 1.0
     adaptivemix: bool = False
     adaptivemix_pairs: str = "within"  # within (official code) | real_fake (paper text)
+    adaptivemix_pairing: str = "derangement"  # within pairs: derangement per condition | batch (official) | permutation
     adaptivemix_distance: str = "cos"  # cos (official code) | mse (paper text)
     adaptivemix_alpha: float = 1.0
     adaptivemix_noise: float = 0.05
@@ -101,8 +108,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "remix.method": FEATURE_MIX_METHODS,
     "remix.momentum_form": MOMENTUM_FORMS,
     "remix.at": ("style", "content"),
+    "remix.second_code": ("independent", "shared"),
+    "remix.draw": DRAWS,
+    "remix.a_bar": A_BAR_MODES,
     "regularizers.mixer": MIX_KINDS,
     "regularizers.adaptivemix_pairs": PAIRS,
+    "regularizers.adaptivemix_pairing": PAIRINGS,
     "regularizers.adaptivemix_distance": DISTANCES,
     "regularizers.pcr_op": COMBINE_OPS,
 }
@@ -267,7 +278,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"regularizers.diffaug: {error}") from None
     from i2i.tasks import task_class
 
-    task_class(cfg.task).validate_config(cfg)
+    cls = task_class(cfg.task)
+    if r.branches != "all":
+        unknown = [b for b in r.branches.split(",") if b not in cls.branch_names]
+        if unknown or not r.branches:
+            raise ConfigError(f"remix.branches: {r.branches!r} names no branch of task '{cfg.task}'; expected 'all' or "
+                              f"a comma-separated list of {', '.join(cls.branch_names)}")
+    cls.validate_config(cfg)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

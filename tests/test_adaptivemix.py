@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from i2i.mixing.adaptivemix import AdaptiveMix, feature_distance, group_permutation, mix_within
+from i2i.mixing.adaptivemix import AdaptiveMix, feature_distance, group_derangement, group_permutation, mix_within
 from i2i.mixing.common import sample_beta
 
 
@@ -72,6 +72,23 @@ def test_group_permutation_stays_within_groups_and_shuffles():
         group_permutation(torch.zeros(4))
 
 
+def test_group_derangement_pairs_every_sample_with_another_of_its_group():
+    groups = torch.tensor([2, 0, 2, 1, 0, 2, 0, 5, 1])
+    seen = set()
+    for seed in range(30):
+        perm = group_derangement(groups, seeded(seed))
+        assert sorted(perm.tolist()) == list(range(9))
+        assert torch.equal(groups[perm], groups)
+        fixed = (perm == torch.arange(9)).nonzero().flatten().tolist()
+        assert fixed == [7]  # only the group of one keeps its sample
+        seen.add(tuple(perm.tolist()))
+    assert len(seen) == 2 * 2 * 1  # every derangement is reached: 2 of each group of 3, 1 of the pair
+    # at batch 8 with 3 domains a plain permutation within domains leaves about a third of the samples unpaired
+    labels = torch.randint(0, 3, (8,), generator=seeded(0))
+    unpaired = [(group_permutation(labels, seeded(s)) == torch.arange(8)).float().mean() for s in range(200)]
+    assert 0.25 < float(torch.stack(unpaired).mean()) < 0.5
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # within-batch (official) variant
 
@@ -93,7 +110,7 @@ def test_mse_loss_is_zero_for_a_linear_feature_map_without_noise():
 
 def test_wrapped_critic_matches_the_formula_with_its_random_draws():
     critic = SplitCritic()
-    mix = AdaptiveMix(alpha=0.7, noise=0.05, weight=2.5)
+    mix = AdaptiveMix(alpha=0.7, noise=0.05, weight=2.5, pairing="batch")  # the official whole-batch randperm
     x = images()
     logits = mix.wrap(critic.features, critic.head)(x, LABELS, generator=seeded(3))
     # replay the draws in the wrapper's order: permutation, lambda, target noise
@@ -146,7 +163,8 @@ def test_loss_gradient_reaches_features_and_an_upstream_generator():
     assert head_grad.abs().sum() > 0 and feat_grad.abs().sum() > 0
 
 
-def test_groups_pair_only_images_of_the_same_group():
+@pytest.mark.parametrize("pairing, pair", [("derangement", group_derangement), ("permutation", group_permutation)])
+def test_groups_pair_only_images_of_the_same_group(pairing, pair):
     critic = SplitCritic(linear=True)
     seen_pairs = []
 
@@ -154,13 +172,13 @@ def test_groups_pair_only_images_of_the_same_group():
         seen_pairs.append(x.detach().clone())
         return critic.features(x, cond)
 
-    mix = AdaptiveMix(noise=0.0)
+    mix = AdaptiveMix(noise=0.0, pairing=pairing)
     wrapped = mix.wrap(recording_features, critic.head, groups_fn=lambda labels: labels)
     x = torch.stack([torch.full((3, 16, 16), float(i)) for i in range(6)]) / 10  # image i has value i / 10
     wrapped(x, LABELS, generator=seeded(9))
     mixed = seen_pairs[1][:, 0, 0, 0]  # the second features call sees lam x + (1 - lam) x[perm]
     g = seeded(9)  # replay the wrapper's draws: permutation, then lambda
-    perm = group_permutation(LABELS, g)
+    perm = pair(LABELS, g)
     lam = sample_beta(1.0, 1, generator=g)[0]
     assert torch.equal(LABELS[perm], LABELS)
     torch.testing.assert_close(mixed, (lam * torch.arange(6) + (1 - lam) * perm) / 10)

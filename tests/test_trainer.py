@@ -41,7 +41,7 @@ def test_resume_reproduces_uninterrupted_run(tiny_config, tmp_path):
 
     a, b = load_checkpoint(full), load_checkpoint(resumed)
     assert a["iteration"] == b["iteration"] == 6
-    assert a["regularizers"]["feature_mix"]["a_bar"] != 0.0, "the run never mixed: the test would not cover ReMix"
+    assert any(a["regularizers"]["feature_mix"]["a_bars"].values()), "the run never mixed: the test would not cover ReMix"
     assert_same_tree(comparable(a), comparable(b))
     log = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in log] == [1, 2, 3, 4, 5, 6]
@@ -68,8 +68,9 @@ def test_relative_content_loss_reaches_generator_mapping_and_style_encoder(tiny_
     branch.lam = torch.tensor(0.7)
     trainer.regs.feature_mix.a_bar = -1.0  # L_n = relu(d2 - a_bar) > 0: both terms carry gradient
     codes, fake = trainer.translate(branch)
-    t1, t2 = task.targets(branch, codes)
-    loss, logs = trainer.regs.feature_mix.content_loss(task.content(fake, branch), t1, t2, branch.lam,
+    targets = task.targets(branch, codes)
+    loss, logs = trainer.regs.feature_mix.content_loss(task.content(fake, branch), targets.first, targets.second,
+                                                       branch.lam,
                                                        lambda t: task.target_content(t, branch), task.content_distance)
     assert logs["l_n"] > 0
     loss.backward()
@@ -82,7 +83,7 @@ def test_remix_at_content_runs_and_mixes_generator_features(tiny_config, tmp_pat
     trainer = Trainer(tiny_config(**{"remix.method": "remix", "remix.p": 1.0, "remix.at": "content",
                                      "train.total_iters": 2}), tmp_path / "run")
     ckpt = trainer.fit()
-    assert load_checkpoint(ckpt)["regularizers"]["feature_mix"]["a_bar"] != 0.0
+    assert any(load_checkpoint(ckpt)["regularizers"]["feature_mix"]["a_bars"].values())
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):
@@ -141,4 +142,37 @@ def test_training_reduces_the_reconstruction_losses(tiny_config, tmp_path):
 
     for key in ("G/latent_cyc", "G/reference_cyc"):
         assert mean(key, log[-10:]) < 0.8 * mean(key, log[:3]), key
-    assert "mix/a_bar" in log[-1]
+    assert "mix/latent_a_bar" in log[-1] and "mix/reference_a_bar" in log[-1]  # one a_bar per branch
+
+
+def test_mixing_uses_an_independent_code_not_the_diversity_one(tiny_config, tmp_path):
+    """The second code ReMix mixes is a third latent / reference (remix.second_code independent), so the diversity
+    loss, which compares G(x, s') with G(x, s2), does not shrink on mixed batches."""
+    for second_code in ("independent", "shared"):
+        trainer = Trainer(tiny_config(**{"remix.method": "remix", "remix.second_code": second_code}),
+                          tmp_path / second_code)
+        trainer.setup(None)
+        task = trainer.task
+        batch = {k: v.to(task.device) for k, v in next(iter(task.train_stream(0))).items()}
+        assert ("x_ref3" in batch) == (second_code == "independent")
+        for branch in task.branches(batch, 0):
+            codes = task.encode(branch)
+            same = torch.equal(codes.second, task.style_code(branch, second=True))
+            assert same == (second_code == "shared"), (second_code, branch.name)
+            again = task.encode(branch).second  # the D and G steps of an iteration mix the same code
+            assert torch.equal(codes.second, again)
+
+
+@pytest.mark.parametrize("draw, branches", [("per_iteration", "all"), ("per_branch", "reference")])
+def test_draw_modes_and_branch_selection(draw, branches):
+    from i2i.mixing.remix import FeatureMix
+
+    mix = FeatureMix("remix", p=0.5, draw=draw, branches=None if branches == "all" else (branches,), seed=0)
+    draws = [mix.draw_branches(["latent", "reference"], 4) for _ in range(200)]
+    if draw == "per_iteration":
+        assert all((d["latent"] is None) == (d["reference"] is None) for d in draws)
+        assert all(d["latent"] is None or torch.equal(d["latent"], d["reference"]) for d in draws)
+    else:
+        assert all(d["latent"] is None for d in draws)
+    share = sum(d["reference"] is not None for d in draws) / len(draws)
+    assert 0.4 < share < 0.6

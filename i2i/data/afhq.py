@@ -177,14 +177,19 @@ class StepBatches(Dataset):
     All draws come from `numpy.random.default_rng([seed, s])`, in this order: source domains y (uniform) and one image
     uniformly within each; target domains y_trg (uniform) and two distinct images within each (the same image twice
     only when the domain has one image); then the augmentations of x, x_ref, x_ref2, sample by sample.
+    With `third_reference`, x_ref3 is a third image of y_trg (distinct from the pair when the domain has three or
+    more), drawn with its augmentation from `default_rng([seed, s, 3])`: the other tensors are the same with or
+    without it.
     """
 
-    def __init__(self, index: ImageIndex, img_size: int, batch_size: int, seed: int, rrc_prob: float = 0.5):
+    def __init__(self, index: ImageIndex, img_size: int, batch_size: int, seed: int, rrc_prob: float = 0.5,
+                 third_reference: bool = False):
         empty = [name for name, files in index.per_domain().items() if not files]
         if empty or not index.domains:
             raise DatasetError(f"training index under '{index.root}' has no images for domain(s) {empty or 'any'}")
         self.files_by_label = list(index.per_domain().values())
         self.img_size, self.batch_size, self.seed, self.rrc_prob = img_size, batch_size, seed, rrc_prob
+        self.third_reference = third_reference
 
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, step])
@@ -193,13 +198,23 @@ class StepBatches(Dataset):
         sources = [self._pick(rng, label, 1)[0] for label in y]
         y_trg = rng.integers(num_domains, size=self.batch_size)
         pairs = [self._pick(rng, label, 2) for label in y_trg]
-        return {
+        batch = {
             "x": self._load(sources, rng),
             "y": torch.from_numpy(y).long(),
             "x_ref": self._load([first for first, _ in pairs], rng),
             "x_ref2": self._load([second for _, second in pairs], rng),
             "y_trg": torch.from_numpy(y_trg).long(),
         }
+        if self.third_reference:
+            rng3 = np.random.default_rng([self.seed, step, 3])
+            batch["x_ref3"] = self._load([self._pick_other(rng3, label, pair) for label, pair in zip(y_trg, pairs)],
+                                         rng3)
+        return batch
+
+    def _pick_other(self, rng: np.random.Generator, label: int, taken: list[Path]) -> Path:
+        files = self.files_by_label[label]
+        others = [f for f in files if f not in taken] or files
+        return others[rng.integers(len(others))]
 
     def _pick(self, rng: np.random.Generator, label: int, count: int) -> list[Path]:
         files = self.files_by_label[label]
@@ -228,7 +243,8 @@ class AFHQTrainStream:
 
     x (B, 3, S, S) in [-1, 1] and y (B,) int64: domain-balanced source images (a domain uniformly, then an image
         uniformly within it: the official WeightedRandomSampler with weights 1/count(domain));
-    x_ref, x_ref2 (B, 3, S, S) in [-1, 1] and y_trg (B,) int64: two distinct images of domain y_trg per sample.
+    x_ref, x_ref2 (B, 3, S, S) in [-1, 1] and y_trg (B,) int64: two distinct images of domain y_trg per sample;
+    x_ref3 (with `third_reference`): a third one, for feature mixing.
 
     The batch of step s depends only on (index, seed, s) (see StepBatches), so resuming at step k is constructing with
     start_step=k. Workers (num_workers > 0, persistent) build whole batches in parallel. Each `iter()` restarts at
@@ -237,7 +253,7 @@ class AFHQTrainStream:
 
     def __init__(
         self, index: ImageIndex, img_size: int, batch_size: int, seed: int, start_step: int = 0,
-        num_workers: int = 0, rrc_prob: float = 0.5,
+        num_workers: int = 0, rrc_prob: float = 0.5, third_reference: bool = False,
     ):
         _check_int("img_size", img_size, minimum=1)
         _check_int("batch_size", batch_size, minimum=1)
@@ -246,7 +262,7 @@ class AFHQTrainStream:
         _check_int("num_workers", num_workers, minimum=0)
         if not 0.0 <= rrc_prob <= 1.0:
             raise ValueError(f"rrc_prob must be in [0, 1], got {rrc_prob!r}")
-        self.batches = StepBatches(index, img_size, batch_size, seed, rrc_prob)
+        self.batches = StepBatches(index, img_size, batch_size, seed, rrc_prob, third_reference)
         self.start_step = start_step
         self.loader = DataLoader(
             self.batches, batch_size=None, sampler=_CountFrom(start_step), num_workers=num_workers,

@@ -4,7 +4,7 @@ One iteration (StarGAN v2's official order: all D steps, then all G steps):
 
     batch = next(stream)                       # task-shaped, CPU -> device
     branches = task.branches(batch, step)      # StarGAN v2: latent, reference
-    branch.lam = feature_mix.draw()            # ReMix/WM/mixup: with probability p, for the D and the G step
+    branch.lam = feature_mix.draw_branches()   # ReMix/WM/mixup: with probability p, for the D and the G step
     for branch: d_step(branch)                 # critic on real vs (mixed / corrected / PCR-augmented) fakes
     for branch: g_step(branch)                 # adversarial + content (plain or relative) + the task's other losses
     ema.update()
@@ -175,10 +175,11 @@ class Trainer:
         with self.autocast():
             codes, fake = self.translate(branch)
             loss, logs = task.g_loss(branch, regs.critic(task, for_generator=True), fake, codes)
-            t1, t2 = task.targets(branch, codes)
+            targets = task.targets(branch, codes)
             content, mix_logs = regs.feature_mix.content_loss(
-                task.content(fake, branch), t1, t2, branch.lam,
-                lambda t: task.target_content(t, branch), task.content_distance,
+                task.content(fake, branch), targets.first, targets.second if branch.lam is not None else None,
+                branch.lam,
+                lambda t: task.target_content(t, branch), task.content_distance, branch=branch.name,
             )
             loss = loss + task.content_weight * content
             loss, extra = regs.add_generator_losses(loss, task, task.real_pair(branch)[0], fake, branch.cond_fake)
@@ -197,8 +198,9 @@ class Trainer:
         """One iteration: all D steps, then all G steps, then the EMA update. Returns the logged values."""
         batch = {k: self.to_device(v) for k, v in batch.items()}
         branches = self.task.branches(batch, step)
+        lams = self.regs.feature_mix.draw_branches([b.name for b in branches], next(iter(batch.values())).shape[0])
         for branch in branches:
-            branch.lam = self.regs.feature_mix.draw(batch_size=next(iter(batch.values())).shape[0])
+            branch.lam = lams[branch.name]
         logs: dict[str, float] = {}
         for branch in branches:
             logs.update(self.d_step(branch, step))
@@ -206,7 +208,8 @@ class Trainer:
             logs.update(self.g_step(branch, step))
         self.ema.update(self.task.nets)
         if self.regs.feature_mix.method == "remix":
-            logs["mix/a_bar"] = self.regs.feature_mix.a_bar
+            for key, value in self.regs.feature_mix.a_bars.items():
+                logs[f"mix/{key}_a_bar" if key else "mix/a_bar"] = value
         return logs
 
     def fit(self, resume_from: Path | None = None) -> Path:

@@ -53,7 +53,8 @@ class Regularizers:
             from i2i.mixing.adaptivemix import AdaptiveMix
 
             adaptivemix = AdaptiveMix(reg.adaptivemix_pairs, reg.adaptivemix_distance, reg.adaptivemix_alpha,
-                                      reg.adaptivemix_noise, reg.adaptivemix_weight, reg.adaptivemix_on_generator)
+                                      reg.adaptivemix_noise, reg.adaptivemix_weight, reg.adaptivemix_on_generator,
+                                      reg.adaptivemix_pairing)
         if reg.diffaug:
             from i2i.mixing.diffaug import DiffAugment
 

@@ -25,7 +25,8 @@ Public API
 
 Facts checked against the official code (WentianZhang-ML/AdaptiveMix, generation/training/{networks,loss}.py):
 ``F`` is the output of the last discriminator block before the epilogue (before minibatch-std and pooling/FC);
-``lam`` is one draw per call; the permutation is unconstrained ``randperm``; the condition of the mixed sample is the
+``lam`` is one draw per call; the permutation is unconstrained ``randperm`` (``pairing="batch"``; our default pairs
+within condition groups without fixed points, ``PAIRINGS``); the condition of the mixed sample is the
 unpermuted ``c`` (the *first* element's); the noise is added to the mixed easy features (the target), the logits use
 the noise-free mix; the loss is ``-cos`` per sample, averaged over the batch, with the target detached. The paper's
 Eq. 2 writes the noise on ``F(x^)`` instead; for a zero-mean Gaussian this gives the same loss distribution under L2
@@ -45,6 +46,10 @@ from i2i.mixing.common import check_alpha, sample_beta
 
 PAIRS = ("within", "real_fake")
 DISTANCES = ("cos", "mse")
+# How "within" pairs are drawn: a derangement inside each condition group (no sample mixed with itself; a group of
+# one keeps its sample), the official code's permutation of the whole batch (conditions ignored), or a permutation
+# inside each group (with fixed points: at batch 8 and 3 domains about a third of the pairs are x with itself).
+PAIRINGS = ("derangement", "batch", "permutation")
 
 Features = Callable[[Tensor, Any], Tensor]  # (images (N, C, H, W), cond) -> h (N, ...)
 Head = Callable[[Tensor, Any], Tensor]  # (h (N, ...), cond) -> logits (N, ...)
@@ -79,6 +84,27 @@ def group_permutation(groups: Tensor, generator: torch.Generator | None = None) 
     by_group_shuffled = shuffled[torch.argsort(groups[shuffled], stable=True)]
     perm = torch.empty_like(by_group_in_order)
     perm[by_group_in_order] = by_group_shuffled
+    return perm
+
+
+def group_derangement(groups: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """A random permutation (N,) mapping each index to ANOTHER index of its group (groups: (N,) integer labels):
+    a random cycle through each group's members; only a group of one maps to itself."""
+    if groups.dim() != 1 or groups.dtype.is_floating_point:
+        raise ValueError(f"groups must be a (N,) integer tensor, got shape {tuple(groups.shape)} dtype {groups.dtype}")
+    n = groups.numel()
+    shuffled = torch.randperm(n, device=groups.device, generator=generator)
+    order = shuffled[torch.argsort(groups[shuffled], stable=True)]  # grouped, random order inside each group
+    g = groups[order]
+    position = torch.arange(n, device=groups.device)
+    new_group = torch.ones(n, dtype=torch.bool, device=groups.device)
+    new_group[1:] = g[1:] != g[:-1]
+    group_start = torch.cummax(torch.where(new_group, position, torch.zeros_like(position)), dim=0).values
+    last_in_group = torch.ones(n, dtype=torch.bool, device=groups.device)
+    last_in_group[:-1] = new_group[1:]
+    successor = torch.where(last_in_group, group_start, position + 1)
+    perm = torch.empty_like(order)
+    perm[order] = order[successor]
     return perm
 
 
@@ -125,7 +151,9 @@ class AdaptiveMix:
     """
 
     def __init__(self, pairs: str = "within", distance: str = "cos", alpha: float = 1.0, noise: float = 0.05,
-                 weight: float = 1.0, on_generator: bool = True) -> None:
+                 weight: float = 1.0, on_generator: bool = True, pairing: str = "derangement") -> None:
+        if pairing not in PAIRINGS:
+            raise ValueError(f"unknown AdaptiveMix pairing {pairing!r}; valid values: {', '.join(PAIRINGS)}")
         if pairs not in PAIRS:
             raise ValueError(f"unknown AdaptiveMix pairs {pairs!r}; valid values: {', '.join(PAIRS)}")
         if distance not in DISTANCES:
@@ -135,6 +163,7 @@ class AdaptiveMix:
         if not isinstance(weight, (int, float)) or weight < 0:
             raise ValueError(f"AdaptiveMix weight must be >= 0, got {weight!r}")
         self.pairs = pairs
+        self.pairing = pairing
         self.distance = distance
         self.alpha = check_alpha(alpha)
         self.noise = float(noise)
@@ -143,7 +172,7 @@ class AdaptiveMix:
         self._recorded: list[Tensor] = []
 
     def __repr__(self) -> str:
-        return (f"AdaptiveMix(pairs={self.pairs!r}, distance={self.distance!r}, alpha={self.alpha}, "
+        return (f"AdaptiveMix(pairs={self.pairs!r}, pairing={self.pairing!r}, distance={self.distance!r}, alpha={self.alpha}, "
                 f"noise={self.noise}, weight={self.weight}, on_generator={self.on_generator})")
 
     def draw_lambda(self, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
@@ -172,16 +201,18 @@ class AdaptiveMix:
 
         return critic
 
-    @staticmethod
-    def _permutation(images: Tensor, cond: Any, groups_fn: Callable[[Any], Tensor | None] | None,
+    def _permutation(self, images: Tensor, cond: Any, groups_fn: Callable[[Any], Tensor | None] | None,
                      generator: torch.Generator | None) -> Tensor:
+        n = images.shape[0]
+        if self.pairing == "batch":
+            return torch.randperm(n, device=images.device, generator=generator)
         groups = groups_fn(cond) if groups_fn is not None else None
         if groups is None:
-            return torch.randperm(images.shape[0], device=images.device, generator=generator)
-        if groups.shape != images.shape[:1]:
-            raise ValueError(f"groups_fn must return ({images.shape[0]},) labels for a batch of {images.shape[0]}, "
-                             f"got shape {tuple(groups.shape)}")
-        return group_permutation(groups.to(images.device), generator)
+            groups = torch.zeros(n, dtype=torch.long, device=images.device)
+        elif groups.shape != images.shape[:1]:
+            raise ValueError(f"groups_fn must return ({n},) labels for a batch of {n}, got shape {tuple(groups.shape)}")
+        pair = group_derangement if self.pairing == "derangement" else group_permutation
+        return pair(groups.to(images.device), generator)
 
     def pop_loss(self, generator_step: bool = False) -> Tensor:
         """Sum of the losses recorded by wrapped critics since the last pop (0-d; 0 if none), then clear them.

@@ -7,7 +7,13 @@ and the task's content loss is replaced, for that batch, by
     wm     (Eq. 13):   con(phi(s'), phi(t1))                  (t1 is the target of the sample that weighs more)
     mixup  (Eq. 12):   con(phi(s'), phi(lambda t1 + (1 - lambda) t2))
 a_bar tracks the mean distance of unrelated output/target pairs (Eq. 10-11), updated without gradient after each
-ReMix step from a = mean_i con(phi(s'_i), phi(t2_j)), j != i (a derangement of the batch).
+ReMix step from a = mean_i con(phi(s'_i), phi(t2_j)), j != i (a derangement of the batch). With `a_bar="per_branch"`
+each branch of a task keeps its own a_bar (StarGAN v2's latent and reference branches measure distances between
+different networks' codes, whose scales differ); "shared" is one value for all, as a one-branch reading of the paper.
+
+Which branches mix, and how often: `draw="per_branch"` draws "mix or not" (probability p) and lambda for every mixing
+branch independently (StarGAN v2's two branches then mix about 44% of iterations at p = 0.25); "per_iteration" draws
+once and mixes every mixing branch of that iteration with the same lambda (p of the iterations).
 
 All random draws of this module come from its own numpy generator (saved in checkpoints), so a run with p = 0 makes
 exactly the same torch computations as a run without feature mixing.
@@ -24,6 +30,8 @@ from i2i.mixing.common import index_cond
 
 FEATURE_MIX_METHODS = ("none", "remix", "wm", "mixup")
 MOMENTUM_FORMS = ("paper", "ema")
+DRAWS = ("per_branch", "per_iteration")
+A_BAR_MODES = ("per_branch", "shared")
 
 Distance = Callable[[Any, Any], Tensor]
 
@@ -96,6 +104,9 @@ class FeatureMix:
         momentum: float = 0.99,
         momentum_form: str = "paper",
         seed: int = 0,
+        draw: str = "per_branch",
+        a_bar_mode: str = "per_branch",
+        branches: tuple[str, ...] | None = None,
     ):
         if method not in FEATURE_MIX_METHODS:
             raise ValueError(f"feature-mix method must be one of {', '.join(FEATURE_MIX_METHODS)}, got {method!r}")
@@ -105,15 +116,33 @@ class FeatureMix:
             raise ValueError(f"the mixing probability p must be in [0, 1], got {p}")
         if alpha <= 0:
             raise ValueError(f"alpha (the Beta distribution parameter) must be > 0, got {alpha}")
+        if draw not in DRAWS or a_bar_mode not in A_BAR_MODES:
+            raise ValueError(f"draw must be one of {DRAWS} and a_bar one of {A_BAR_MODES}, got {draw!r}, {a_bar_mode!r}")
         self.method, self.p, self.alpha, self.per_sample = method, p, alpha, per_sample
         self.momentum, self.momentum_form = momentum, momentum_form
-        self.a_bar = 0.0
+        self.draw_mode, self.a_bar_mode = draw, a_bar_mode
+        self.branches = None if branches is None else tuple(branches)  # None: every branch mixes
+        self.a_bars: dict[str, float] = {}
         self.rng = np.random.default_rng(seed)
 
     @classmethod
     def from_config(cls, remix_cfg, seed: int) -> "FeatureMix":
+        branches = None if remix_cfg.branches == "all" else tuple(remix_cfg.branches.split(","))
         return cls(remix_cfg.method, remix_cfg.p, remix_cfg.alpha, remix_cfg.per_sample, remix_cfg.momentum,
-                   remix_cfg.momentum_form, seed=seed)
+                   remix_cfg.momentum_form, seed=seed, draw=remix_cfg.draw, a_bar_mode=remix_cfg.a_bar,
+                   branches=branches)
+
+    def _a_bar_key(self, branch: str) -> str:
+        return branch if self.a_bar_mode == "per_branch" else ""
+
+    @property
+    def a_bar(self) -> float:
+        """The a_bar of the unnamed branch (one-branch use and the shared mode)."""
+        return self.a_bars.get("", 0.0)
+
+    @a_bar.setter
+    def a_bar(self, value: float) -> None:
+        self.a_bars[""] = float(value)
 
     @property
     def enabled(self) -> bool:
@@ -126,6 +155,16 @@ class FeatureMix:
         lam = draw_lambda(self.rng, self.alpha, batch_size if self.per_sample else None)
         return torch.as_tensor(lam, dtype=torch.float32)
 
+    def draw_branches(self, names: list[str], batch_size: int) -> dict[str, Tensor | None]:
+        """The interpolation weight (or None) of each branch of an iteration, by the `draw` mode; branches not in
+        `branches` never mix and take no draw."""
+        mixing = [n for n in names if self.branches is None or n in self.branches]
+        if self.draw_mode == "per_iteration":
+            lam = self.draw(batch_size)
+            return {n: (lam if n in mixing else None) for n in names}
+        drawn = {n: self.draw(batch_size) for n in mixing}
+        return {n: drawn.get(n) for n in names}
+
     def interpolate(self, e1: Any, e2: Any, lam: Tensor) -> Any:
         return interpolate(e1, e2, lam)
 
@@ -137,11 +176,12 @@ class FeatureMix:
         lam: Tensor | None,
         target_content: Callable[[Any], Any],
         distance: Distance,
+        branch: str = "",
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The content loss of a batch: plain (lam None), or the method's form for an interpolated batch.
 
         phi_s: φ(s) of the generated batch; t1, t2: targets of the two batches in target space;
-        target_content: t -> φ(t); distance: (φa, φb) -> (N,) per-sample distances.
+        target_content: t -> φ(t); distance: (φa, φb) -> (N,) per-sample distances; branch: whose a_bar to use.
         """
         if lam is None:
             return distance(phi_s, target_content(t1)).mean(), {}
@@ -150,20 +190,24 @@ class FeatureMix:
             return distance(phi_s, target_content(t1)).mean(), logs
         if self.method == "mixup":
             return distance(phi_s, target_content(interpolate(t1, t2, lam))).mean(), logs
+        key = self._a_bar_key(branch)
+        a_bar = self.a_bars.get(key, 0.0)
         phi_t2 = target_content(t2)
-        l_p, l_n = relative_content_loss(phi_s, target_content(t1), phi_t2, distance, self.a_bar)
+        l_p, l_n = relative_content_loss(phi_s, target_content(t1), phi_t2, distance, a_bar)
         with torch.no_grad():
             perm = torch.from_numpy(derangement(_batch_size(phi_s), self.rng))
             a = distance(_detach(phi_s), _detach(index_cond(phi_t2, perm))).mean()
-        logs.update(l_p=l_p.detach(), l_n=l_n.detach(), a=a, a_bar=torch.tensor(self.a_bar))
-        self.a_bar = update_a_bar(self.a_bar, float(a), self.momentum, self.momentum_form)
+        logs.update(l_p=l_p.detach(), l_n=l_n.detach(), a=a, a_bar=torch.tensor(a_bar))
+        self.a_bars[key] = update_a_bar(a_bar, float(a), self.momentum, self.momentum_form)
         return l_p + l_n, logs
 
     def state_dict(self) -> dict:
-        return {"a_bar": self.a_bar, "rng": _rng_state_to_plain(self.rng.bit_generator.state)}
+        return {"a_bars": dict(self.a_bars), "rng": _rng_state_to_plain(self.rng.bit_generator.state)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.a_bar = float(state["a_bar"])
+        # checkpoints written before per-branch a_bar hold one shared value
+        self.a_bars = {k: float(v) for k, v in state["a_bars"].items()} if "a_bars" in state else \
+            {"": float(state["a_bar"])}
         self.rng.bit_generator.state = state["rng"]
 
 

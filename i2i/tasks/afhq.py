@@ -103,6 +103,7 @@ class AFHQTask(Task):
     OptimConfig = AFHQOptimConfig
     critic_net = "discriminator"
     ema_net_names = GENERATOR_SIDE
+    branch_names = ("latent", "reference")
 
     @classmethod
     def validate_config(cls, cfg) -> None:
@@ -161,7 +162,8 @@ class AFHQTask(Task):
     def train_stream(self, start_step: int) -> Iterator[dict[str, Tensor]]:
         d, t = self.cfg.data, self.cfg.train
         return iter(AFHQTrainStream(self.train_index, d.img_size, t.batch_size, t.seed, start_step=start_step,
-                                    num_workers=d.num_workers, rrc_prob=d.rrc_prob))
+                                    num_workers=d.num_workers, rrc_prob=d.rrc_prob,
+                                    third_reference=self.independent_mix_code))
 
     def real_bank(self, max_images: int) -> Tensor:
         per_domain = max(1, max_images // len(self.domains))
@@ -179,12 +181,29 @@ class AFHQTask(Task):
             Branch("reference", inputs, g_nets=("generator",), cond_fake=batch["y_trg"], step=step),
         ]
 
+    @property
+    def independent_mix_code(self) -> bool:
+        r = self.cfg.remix
+        return r.method != "none" and r.second_code == "independent" and r.at == "style"
+
     def style_code(self, branch: Branch, second: bool = False) -> Tensor:
-        """G1 of the paper's split: s = F(z, y_trg) (latent branch) or E(x_ref, y_trg) (reference branch)."""
+        """G1 of the paper's split: s = F(z, y_trg) (latent branch) or E(x_ref, y_trg) (reference branch); `second`
+        gives the diversity loss's second style (z2 / x_ref2)."""
         i, y = branch.inputs, branch.cond_fake
         if branch.name == "latent":
             return self.nets["mapping_network"](i["z2"] if second else i["z"], y)
         return self.nets["style_encoder"](i["x_ref2"] if second else i["x_ref"], y)
+
+    def mix_code(self, branch: Branch) -> Tensor:
+        """The code ReMix mixes with the first: a third z / reference (independent) or the diversity loss's second."""
+        if not self.independent_mix_code:
+            return self.style_code(branch, second=True)
+        i, y = branch.inputs, branch.cond_fake
+        if branch.name == "latent":
+            if "z3" not in i:  # drawn once per iteration on first use, so the D and G steps mix the same codes
+                i["z3"] = torch.randn(y.shape[0], self.cfg.model.latent_dim).to(self.device)
+            return self.nets["mapping_network"](i["z3"], y)
+        return self.nets["style_encoder"](i["x_ref3"], y)
 
     @property
     def mixes_content(self) -> bool:
@@ -192,7 +211,7 @@ class AFHQTask(Task):
 
     def encode(self, branch: Branch) -> Codes:
         if not self.mixes_content:
-            return Codes(self.style_code(branch), lambda: self.style_code(branch, second=True))
+            return Codes(self.style_code(branch), lambda: self.mix_code(branch))
         s, G, x = self.style_code(branch), self.nets["generator"], branch.inputs["x"]
         return Codes({"content": G.encode_content(x), "style": s},
                      lambda: {"content": G.encode_content(x.roll(1, 0)), "style": s})
@@ -202,11 +221,11 @@ class AFHQTask(Task):
             return self.nets["generator"](branch.inputs["x"], e)
         return self.nets["generator"].decode_content(e["content"], e["style"])
 
-    def targets(self, branch: Branch, codes: Codes) -> tuple[Any, Any]:
+    def targets(self, branch: Branch, codes: Codes) -> Codes:
         if not self.mixes_content:
-            return codes.first, codes.second
+            return Codes(codes.first, lambda: codes.second)
         x = branch.inputs["x"]
-        return x, x.roll(1, 0)
+        return Codes(x, lambda: x.roll(1, 0))
 
     def content(self, fake: Tensor, branch: Branch) -> Tensor:
         if not self.mixes_content:
@@ -257,7 +276,8 @@ class AFHQTask(Task):
         loss_cfg, G = self.cfg.loss, self.nets["generator"]
         x, y_trg = branch.inputs["x"], branch.cond_fake
         loss_adv = adv_loss(critic(fake, y_trg), 1.0)
-        s2 = self.style_code(branch, second=True) if self.mixes_content else codes.second
+        s2 = codes.second if not (self.mixes_content or self.independent_mix_code) else \
+            self.style_code(branch, second=True)
         with torch.no_grad():  # the official code detaches this output: no graph needed
             fake2 = G(x, s2)
         loss_ds = (fake - fake2).abs().mean()

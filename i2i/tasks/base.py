@@ -7,7 +7,7 @@ G1's outputs without knowing the task:
     codes = task.encode(branch)            # G1 of the first and (lazily) the second batch: e1, e2
     fake = task.decode(e, branch)          # G2, with e = e1 or an interpolation of e1 and e2
     phi = task.content(fake, branch)       # φ(s)
-    t1, t2 = task.targets(branch, codes)   # content targets in target space; φ(t) = task.target_content(t, branch)
+    t = task.targets(branch, codes)        # content targets t.first, t.second (lazy) in target space; φ(t) = task.target_content(t, branch)
     d = task.content_distance(phi, phi_t)  # per-sample distances (N,): the task's content loss is d.mean()
 
 The critic is `critic(images, cond) -> logits`, split as `head(features(images, cond), cond)` for AdaptiveMix.
@@ -50,7 +50,8 @@ class Branch:
 
 
 class Codes:
-    """G1 outputs of the two batches; the second is computed only when asked for (most iterations do not mix)."""
+    """A value of the first and of the second batch (G1 outputs, content targets); the second is computed only when
+    asked for (most iterations do not mix)."""
 
     def __init__(self, first: Any, second_fn: Callable[[], Any]):
         self.first = first
@@ -102,6 +103,7 @@ class Task(ABC):
     OptimConfig: ClassVar[type]
     critic_net: ClassVar[str] = "discriminator"
     ema_net_names: ClassVar[tuple[str, ...]] = ()
+    branch_names: ClassVar[tuple[str, ...]] = ("main",)  # the names `branches()` gives its branches
 
     def __init__(self, cfg, device: torch.device):
         self.cfg = cfg
@@ -166,8 +168,9 @@ class Task(ABC):
         """G2: fake images (N, 3, H, W), nominally in [-1, 1]."""
 
     @abstractmethod
-    def targets(self, branch: Branch, codes: Codes) -> tuple[Any, Any]:
-        """Content targets (t1, t2) of the two batches, in target space (where the mixup baseline interpolates)."""
+    def targets(self, branch: Branch, codes: Codes) -> Codes:
+        """Content targets of the two batches, in target space (where the mixup baseline interpolates); the second
+        is computed only for a mixed batch (drawing it must not move any RNG on plain iterations)."""
 
     @abstractmethod
     def content(self, fake: Tensor, branch: Branch) -> Any:
