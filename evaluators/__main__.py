@@ -97,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="evaluation seed (latent codes, shuffles; default: 0)")
     how.add_argument("--proxy-steps", type=_positive, default=400, metavar="N",
                      help="training steps of the proxy backbone (default: 400)")
+    how.add_argument("--pose-steps", type=_positive, default=800, metavar="N",
+                     help="training steps of the pose regressor of the content metric (default: 800)")
     how.add_argument("--no-proxy-metrics", action="store_true",
                      help="skip the † proxy metrics: target-domain accuracy (a domain classifier trained on the data "
                           "set) and content preservation (a pose regressor; only on data with poses.json)")
@@ -210,7 +212,7 @@ def _proxy_metrics(args: argparse.Namespace, model: _Model, device: torch.device
     regressor = None
     if poses is not None:
         regressor = train_pose_regressor(index.files, poses, cache_dir=cache_dir / "proxy", image_size=model.img_size,
-                                         progress=not args.no_progress, device=device)
+                                         steps=args.pose_steps, progress=not args.no_progress, device=device)
     return classifier.classify, regressor
 
 

@@ -124,8 +124,8 @@ def _r2(predicted: Tensor, targets: Tensor) -> float:
 def train_pose_regressor(files: Sequence[Path], poses: np.ndarray, *, cache_dir: str | Path, image_size: int,
                          width: int = 32, steps: int = 800, seed: int = 0, progress: bool = True,
                          device: str | torch.device = "cpu") -> PoseRegressor:
-    """Trains (or loads from `cache_dir`) f on `files` with targets `poses` (N, P); a seeded tenth is held out to
-    report f's own R² (`val_r2`, then it is trained on everything)."""
+    """Trains (or loads from `cache_dir`) f on `files` with targets `poses` (N, P), a seeded tenth held out to
+    report f's own R² (`val_r2`)."""
     if len(files) != len(poses) or len(files) < 10:
         raise ValueError(f"need >= 10 images with one pose each, got {len(files)} images and {len(poses)} poses")
     config = PoseConfig(image_size=image_size, width=width, steps=steps, seed=seed)
@@ -145,12 +145,9 @@ def train_pose_regressor(files: Sequence[Path], poses: np.ndarray, *, cache_dir:
     keep = torch.ones(len(files), dtype=torch.bool)
     keep[held_out] = False
     with seeded(seed):
-        probe = ProxyNet(len(POSE_PARAMETERS), width).to(device)
-    _fit(probe, pixels[keep], targets[keep], config, progress)
-    val_r2 = _r2(_predict_all(probe, pixels[held_out]), targets[held_out])
-    with seeded(seed):
         net = ProxyNet(len(POSE_PARAMETERS), width).to(device)
-    _fit(net, pixels, targets, config, progress)
+    _fit(net, pixels[keep], targets[keep], config, progress)
+    val_r2 = _r2(_predict_all(net, pixels[held_out]), targets[held_out])
     if progress:
         print(f"pose regressor: held-out R² {val_r2:.3f}, {time.perf_counter() - start:.0f} s, saved to {path}")
     atomic_torch_save({"format": FORMAT, "version": VERSION, "config": asdict(config), "mean": mean.tolist(),

@@ -139,7 +139,9 @@ class Config:
     def method(self) -> str:
         """A short name of the regularizer settings, used to group runs in the metric tables."""
         reg = self.regularizers
-        parts = [self.remix.method] if self.remix.method != "none" else []
+        # the feature-mixing mixup baseline (interpolated target) is "mixup-target", apart from the image mixer "mixup"
+        names = {"none": None, "mixup": "mixup-target"}
+        parts = [names.get(self.remix.method, self.remix.method)] if self.remix.method != "none" else []
         parts += [reg.mixer] if reg.mixer != "none" else []
         parts += ["adaptivemix"] if reg.adaptivemix else []
         parts += ["pcr"] if reg.pcr else []

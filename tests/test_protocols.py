@@ -273,7 +273,7 @@ def cli_results(runs, tmp_path_factory):
     """`python -m evaluators afhq --backbone proxy --allow-random-lpips` on both runs, with no weight files anywhere."""
     cache = tmp_path_factory.mktemp("cache")
     home = tmp_path_factory.mktemp("home")
-    args = ["--backbone", "proxy", "--proxy-steps", "10", "--allow-random-lpips", "--cache-dir", str(cache),
+    args = ["--backbone", "proxy", "--proxy-steps", "10", "--pose-steps", "10", "--allow-random-lpips", "--cache-dir", str(cache),
             "--device", "cpu", "--no-progress"]
     with pytest.MonkeyPatch.context() as patch:
         without_weight_files(patch, home)
@@ -291,6 +291,7 @@ def test_cli_writes_a_result_file_the_tables_read(runs, cli_results):
                                                                                           "baseline")
         assert (result["iteration"], result["data_frac"], result["num_outs"]) == (2, 1.0, 10)
         assert (result["backbone"], result["calibrated"], result["lpips_calibrated"]) == ("proxy", False, False)
+        assert (result["classifier"], result["pose_regressor"]) == ("proxy", "proxy")
         assert Path(result["weights"]["fid"]).name.startswith("proxy-") and "random" in result["weights"]["lpips"]
         assert result["checkpoint"].endswith("000002.pt") and result["elapsed_seconds"] >= 0
         assert {mode: set(v["per_task"]) for mode, v in result["metrics"].items()} == {"latent": PAIRS,
@@ -308,10 +309,11 @@ def test_cli_table_renders_mean_and_std_over_the_two_seeds(runs, cli_results, ca
     cells = [c.strip() for c in row.strip("|").split("|")][1:]
     expected = []
     for mode in ("latent", "reference"):
-        for metric, digits, mark in (("fid", 2, "†"), ("lpips", 4, "‡")):
+        for metric, digits, mark in (("fid", 2, "†"), ("lpips", 4, "‡"), ("domain_accuracy", 3, "†"),
+                                     ("content", 3, "†")):
             values = [r["metrics"][mode][metric] for r in results]
             expected.append(f"{stats.fmean(values):.{digits}f} ± {stats.stdev(values):.{digits}f}{mark}")
-    assert cells == expected
+    assert cells == expected  # the proxy metrics come by default on data that records poses
     assert main(["table", *map(str, runs), "--format", "csv"]) == 0
     records = {r["metric"]: r for r in csv.DictReader(io.StringIO(capsys.readouterr().out))}
     fids = [r["metrics"]["reference"]["fid"] for r in results]

@@ -1,0 +1,374 @@
+"""The limited-data study: every method at 10% and 100% of the procedural data, several seeds, scored as the papers do.
+
+    python benchmarks/limited_data.py                       # run what is missing, then tables, plots, statistics
+    python benchmarks/limited_data.py --report-only          # only rebuild the report from finished runs
+    nohup python benchmarks/limited_data.py > study.log &    # the whole study, in the background (resumable)
+
+A task is one `StudyEntry`: its preset, its methods (flag sets), the data fractions and which methods run at each,
+the seeds, how a checkpoint is evaluated, and which metrics the report shows. The script only schedules: each run is
+a normal run folder (`python -m i2i.train`, `--resume auto`, so an interrupted run continues where it stopped), each
+saved checkpoint is scored by the task's evaluator (`RUN/eval/curve/iter_NNNNNN.json`; the last one also as
+`RUN/eval/<task>.json`, what `python -m evaluators table` reads), and finished runs and evaluations are skipped. The
+report (`benchmarks/results/limited_data/`): the metric table (mean ± std over seeds, md + csv), metric-vs-iteration
+curves with seed bands, a bar chart with error bars, and each method compared with the baseline of the same seeds
+(paired differences: mean, 95% t-interval, Welch's p; n stated).
+
+Runs are independent processes with `--threads` torch threads each (default 1: the study can run beside other work
+on a 2-core machine; `--jobs 2` runs two at a time).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+RESULTS = REPO / "benchmarks" / "results" / "limited_data"
+
+
+@dataclass(frozen=True)
+class Metric:
+    label: str
+    path: tuple[str, ...]  # inside result["metrics"]
+    better: str  # "lower" | "higher"
+
+
+@dataclass(frozen=True)
+class StudyEntry:
+    task: str
+    preset: Path
+    methods: dict[str, list[str]]  # method name -> extra flags of python -m i2i.train
+    fractions: dict[float, list[str]]  # data fraction -> the methods run at it
+    seeds: tuple[int, ...]
+    evaluate: Callable[[Path, Path, Path, int], list[str]]  # (run, checkpoint, out, threads) -> command
+    metrics: tuple[Metric, ...]
+    result_name: str  # RUN/eval/<result_name>.json
+    extra_train_flags: list[str] = field(default_factory=list)
+
+
+def afhq_evaluation(run: Path, checkpoint: Path, out: Path, threads: int) -> list[str]:
+    """StarGAN v2's protocol with the proxy networks of the procedural set (FID†, LPIPS‡, target acc†, content†)."""
+    return [sys.executable, "-m", "evaluators", "afhq", "--run", str(run), "--checkpoint", str(checkpoint),
+            "--out", str(out), "--backbone", "proxy", "--allow-random-lpips", "--num-outs", "5", "--no-progress",
+            "--device", "cpu", "--cache-dir", str(REPO / "runs" / "study" / ".eval-cache")]
+
+
+AFHQ_METHODS = {
+    "baseline": [],
+    "remix": ["--remix"],
+    "wm": ["--feature-mix", "wm"],
+    "mixup-target": ["--feature-mix", "mixup"],
+    "diffaug": ["--diffaug", "color,translation,cutout"],
+    "mixup": ["--mixer", "mixup"],
+    "cutmix": ["--mixer", "cutmix"],
+    "srmix": ["--mixer", "srmix"],
+    "adaptivemix": ["--adaptivemix"],
+    "pcr": ["--pcr"],
+    "pcr+sc": ["--pcr", "--sample-correction"],
+    "remix+diffaug": ["--remix", "--diffaug", "color,translation,cutout"],
+    # the review fixes of issue 8, against the behaviour before them
+    "remix (shared code)": ["--remix", "--remix.second_code", "shared"],
+    "adaptivemix (batch pairs)": ["--adaptivemix", "--regularizers.adaptivemix_pairing", "batch"],
+}
+
+ENTRIES: dict[str, StudyEntry] = {
+    "afhq": StudyEntry(
+        task="afhq",
+        preset=REPO / "configs" / "afhq_study.yaml",
+        methods=AFHQ_METHODS,
+        fractions={0.1: [m for m in AFHQ_METHODS], 1.0: ["baseline", "remix"]},
+        seeds=(0, 1, 2),
+        evaluate=afhq_evaluation,
+        metrics=(Metric("latent FID†", ("latent", "fid"), "lower"),
+                 Metric("reference FID†", ("reference", "fid"), "lower"),
+                 Metric("latent target acc†", ("latent", "domain_accuracy"), "higher"),
+                 Metric("reference target acc†", ("reference", "domain_accuracy"), "higher"),
+                 Metric("latent content†", ("latent", "content"), "higher"),
+                 Metric("reference content†", ("reference", "content"), "higher"),
+                 Metric("latent LPIPS‡", ("latent", "lpips"), "higher")),
+        result_name="afhq",
+    ),
+}
+
+
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "+-" else "_" for c in text).strip("_")
+
+
+@dataclass(frozen=True)
+class Job:
+    entry: StudyEntry
+    frac: float
+    method: str
+    seed: int
+
+    @property
+    def run_dir(self) -> Path:
+        return REPO / "runs" / "study" / self.entry.task / f"frac{self.frac:g}" / slug(self.method) / f"seed{self.seed}"
+
+    @property
+    def final(self) -> Path:
+        return self.run_dir / "eval" / f"{self.entry.result_name}.json"
+
+
+def _run(command: list[str], log: Path, threads: int) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as out:
+        out.write(f"\n$ {' '.join(command)}\n")
+        out.flush()
+        done = subprocess.run(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"command failed ({done.returncode}), see {log}: {' '.join(command)}")
+
+
+def run_job(job: Job, threads: int) -> str:
+    """Train (or continue) the run, then score every checkpoint not scored yet; returns a status line."""
+    if job.final.is_file():
+        return f"skip {job.run_dir.relative_to(REPO)} (done)"
+    start = time.perf_counter()
+    log = job.run_dir / "study.log"
+    train = [sys.executable, "-m", "i2i.train", "--task", job.entry.task, "--config", str(job.entry.preset),
+             "--run-dir", str(job.run_dir), "--resume", "auto", "--seed", str(job.seed), "--data-frac", str(job.frac),
+             "--train.progress", "false", *job.entry.extra_train_flags, *job.entry.methods[job.method]]
+    _run(train, log, threads)
+    trained = time.perf_counter() - start
+    checkpoints = sorted((job.run_dir / "checkpoints").glob("*.pt"))
+    for checkpoint in checkpoints:
+        out = job.run_dir / "eval" / "curve" / f"iter_{checkpoint.stem}.json"
+        if not out.is_file():
+            _run(job.entry.evaluate(job.run_dir, checkpoint, out, threads), log, threads)
+            _tag(out, job.method)
+    final = json.loads((job.run_dir / "eval" / "curve" / f"iter_{checkpoints[-1].stem}.json").read_text())
+    from i2i.fileio import atomic_write_text
+
+    atomic_write_text(job.final, json.dumps(final, indent=1) + "\n")
+    return (f"done {job.run_dir.relative_to(REPO)}: train {trained / 60:.1f} min, evaluation "
+            f"{(time.perf_counter() - start - trained) / 60:.1f} min")
+
+
+def _tag(path: Path, method: str) -> None:
+    """The study's method name in the result (`study_method`; the run's own `method` is the flag summary)."""
+    result = json.loads(path.read_text())
+    result["study_method"] = method
+    path.write_text(json.dumps(result, indent=1) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Report
+
+
+def _value(result: dict, metric: Metric) -> float | None:
+    node: Any = result["metrics"]
+    for key in metric.path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return float(node)
+
+
+def _curves(entry: StudyEntry, jobs: Sequence[Job]) -> dict:
+    """{frac: {method: {seed: [(iteration, result), ...]}}} of the scored checkpoints."""
+    curves: dict = {}
+    for job in jobs:
+        files = sorted((job.run_dir / "eval" / "curve").glob("iter_*.json"))
+        if files and job.final.is_file():
+            points = [json.loads(f.read_text()) for f in files]
+            curves.setdefault(job.frac, {}).setdefault(job.method, {})[job.seed] = [(p["iteration"], p) for p in points]
+    return curves
+
+
+def paired_comparison(method: list[float], baseline: list[float]) -> dict:
+    """Method minus baseline over seeds paired by seed (same data subset and init): mean difference, its 95%
+    t-interval, and Welch's two-sided p (unpaired, as a check)."""
+    from scipy import stats
+
+    n = min(len(method), len(baseline))
+    diffs = [m - b for m, b in zip(method[:n], baseline[:n])]
+    mean = sum(diffs) / n
+    if n < 2:
+        return {"n": n, "mean_diff": mean, "ci95": None, "welch_p": None}
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    welch = stats.ttest_ind(method, baseline, equal_var=False)
+    return {"n": n, "mean_diff": mean, "ci95": [mean - half, mean + half],
+            "welch_p": float(welch.pvalue) if math.isfinite(welch.pvalue) else None}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def report(entry: StudyEntry, jobs: Sequence[Job], out_dir: Path) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from evaluators.tables import render_table
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    finals = [json.loads(j.final.read_text()) for j in jobs if j.final.is_file()]
+    if not finals:
+        return {}
+    for fmt in ("md", "csv"):
+        (out_dir / f"{entry.task}_table.{fmt}").write_text(render_table(finals, fmt, group_by="study_method"))
+    curves = _curves(entry, jobs)
+    summary: dict = {"task": entry.task, "seeds": list(entry.seeds), "fractions": {}}
+    for frac, methods in curves.items():
+        block: dict = {}
+        baseline_runs = methods.get("baseline", {})
+        for method, seeds in methods.items():
+            row: dict = {"seeds": sorted(seeds)}
+            for metric in entry.metrics:
+                finals_by_seed = {s: _value(points[-1][1], metric) for s, points in seeds.items()}
+                values = [v for v in finals_by_seed.values() if v is not None]
+                if not values:
+                    continue
+                mean, std = _mean_std(values)
+                cell = {"mean": mean, "std": std, "n": len(values)}
+                if method != "baseline" and baseline_runs:
+                    common = sorted(set(seeds) & set(baseline_runs))
+                    base = [_value(baseline_runs[s][-1][1], metric) for s in common]
+                    mine = [finals_by_seed[s] for s in common]
+                    if common and None not in base:
+                        cell["vs_baseline"] = paired_comparison(mine, base)
+                row[metric.label] = cell
+            block[method] = row
+        summary["fractions"][f"{frac:g}"] = block
+        _plot_curves(plt, entry, frac, methods, out_dir)
+        _plot_bars(plt, entry, frac, block, out_dir)
+    (out_dir / f"{entry.task}_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out_dir / f"{entry.task}_comparison.md").write_text(_comparison_md(entry, summary))
+    return summary
+
+
+def _plot_curves(plt, entry: StudyEntry, frac: float, methods: dict, out_dir: Path) -> None:
+    import numpy as np
+
+    shown = entry.metrics[:6]
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5), squeeze=False)
+    colours = plt.get_cmap("tab20")
+    for ax, metric in zip(axes.flat, shown):
+        for k, (method, seeds) in enumerate(sorted(methods.items())):
+            iterations = sorted({it for points in seeds.values() for it, _ in points})
+            rows = [[_value(dict(points)[it], metric) if it in dict(points) else np.nan for it in iterations]
+                    for points in seeds.values()]
+            values = np.asarray([[np.nan if v is None else v for v in r] for r in rows], dtype=float)
+            if np.isnan(values).all():
+                continue
+            mean, low, high = np.nanmean(values, 0), np.nanmin(values, 0), np.nanmax(values, 0)
+            style = "-" if method in ("baseline", "remix") else "--"
+            ax.plot(iterations, mean, style, color=colours(k % 20), label=method, linewidth=2 if style == "-" else 1)
+            ax.fill_between(iterations, low, high, color=colours(k % 20), alpha=0.12)
+        ax.set_title(metric.label + (" (lower is better)" if metric.better == "lower" else " (higher is better)"))
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=7, ncol=2)
+    fig.suptitle(f"{entry.task}: {frac:g} of the training data, mean over {len(entry.seeds)} seeds (band: min-max)")
+    fig.tight_layout()
+    fig.savefig(out_dir / f"{entry.task}_curves_frac{frac:g}.png", dpi=90)
+    plt.close(fig)
+
+
+def _plot_bars(plt, entry: StudyEntry, frac: float, block: dict, out_dir: Path) -> None:
+    shown = [m for m in entry.metrics[:6]]
+    methods = sorted(block, key=lambda m: (m != "baseline", m))
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5), squeeze=False)
+    for ax, metric in zip(axes.flat, shown):
+        present = [m for m in methods if metric.label in block[m]]
+        means = [block[m][metric.label]["mean"] for m in present]
+        stds = [block[m][metric.label]["std"] for m in present]
+        colours = ["tab:grey" if m == "baseline" else "tab:red" if m.startswith("remix") else "tab:blue"
+                   for m in present]
+        ax.bar(range(len(present)), means, yerr=stds, color=colours, capsize=3)
+        ax.set_xticks(range(len(present)), present, rotation=60, ha="right", fontsize=7)
+        ax.set_title(metric.label + (" ↓" if metric.better == "lower" else " ↑"))
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"{entry.task}: final checkpoint, {frac:g} of the data, mean ± std over seeds")
+    fig.tight_layout()
+    fig.savefig(out_dir / f"{entry.task}_bars_frac{frac:g}.png", dpi=90)
+    plt.close(fig)
+
+
+def _comparison_md(entry: StudyEntry, summary: dict) -> str:
+    lines = [f"# {entry.task}: each method minus the baseline of the same seeds (final checkpoints)", "",
+             "Paired by seed (same data subset and initialisation); 95% t-interval of the mean difference; Welch's "
+             "two-sided p over the seeds as a check. n = number of seed pairs. Improvement means lower FID, higher "
+             "target accuracy / content / LPIPS.", ""]
+    for frac, block in summary["fractions"].items():
+        lines += [f"## data fraction {frac}", "", "| method | " + " | ".join(m.label for m in entry.metrics) + " |",
+                  "|---|" + "---|" * len(entry.metrics)]
+        for method in sorted(block, key=lambda m: (m != "baseline", m)):
+            cells = []
+            for metric in entry.metrics:
+                cell = block[method].get(metric.label)
+                if cell is None:
+                    cells.append("")
+                elif method == "baseline":
+                    cells.append(f"{cell['mean']:.3f} ± {cell['std']:.3f}")
+                elif "vs_baseline" in cell and cell["vs_baseline"]["ci95"]:
+                    c = cell["vs_baseline"]
+                    better = c["mean_diff"] < 0 if metric.better == "lower" else c["mean_diff"] > 0
+                    sure = c["ci95"][0] > 0 or c["ci95"][1] < 0
+                    mark = ("**" if sure else "") if better else ("*" if sure else "")
+                    cells.append(f"{mark}{c['mean_diff']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] "
+                                 f"p={c['welch_p']:.2f}{mark} (n={c['n']})")
+                else:
+                    cells.append(f"{cell['mean']:.3f}")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines += ["", "Bold: better than the baseline with the 95% interval excluding 0; italics: worse likewise.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=list(ENTRIES), choices=list(ENTRIES))
+    parser.add_argument("--methods", nargs="+", help="only these methods (default: the entry's)")
+    parser.add_argument("--fractions", nargs="+", type=float, help="only these data fractions")
+    parser.add_argument("--seeds", nargs="+", type=int, help="only these seeds")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    for name in args.tasks:
+        entry = ENTRIES[name]
+        jobs = [Job(entry, frac, method, seed)
+                for frac, methods in entry.fractions.items() if args.fractions is None or frac in args.fractions
+                for seed in (args.seeds or entry.seeds)
+                for method in methods if args.methods is None or method in args.methods]
+        if not args.report_only:
+            with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+                for status in pool.map(lambda job: _safe(run_job, job, args.threads), jobs):
+                    print(time.strftime("%H:%M:%S"), status, flush=True)
+        all_jobs = [Job(entry, frac, method, seed) for frac, methods in entry.fractions.items()
+                    for seed in entry.seeds for method in methods]
+        summary = report(entry, all_jobs, args.out)
+        print(f"{name}: report in {args.out} ({sum(j.final.is_file() for j in all_jobs)} of {len(all_jobs)} runs done)"
+              if summary else f"{name}: no finished runs yet")
+    return 0
+
+
+def _safe(fn, job: Job, threads: int) -> str:
+    try:
+        return fn(job, threads)
+    except Exception as error:  # one failed run must not stop the study; it is retried on the next start
+        return f"FAILED {job.run_dir.relative_to(REPO)}: {error}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
