@@ -81,6 +81,17 @@ class TranslatorTab:
             raise ExportError(f"'{model.folder}' exports no graph meant for the app (no graph with ui: true)")
 
     @property
+    def input_note(self) -> str:
+        """What happens to an upload, from the first UI graph's inputs."""
+        spec = next(s for g in self.model.manifest.ui_graphs for s in g.inputs if s.role in ("image", "label_map"))
+        h, w = spec.shape[-2:]
+        if spec.role == "label_map":
+            return (f"{w}x{h} px. Label maps of any size are centre-cropped to {w}:{h} and resized with nearest "
+                    "neighbours; grey PNGs hold label ids, colour images are read with the official palette.")
+        return (f"{w}x{h} px. Uploads of any size and aspect are resized (shorter side to {min(h, w)} px) and "
+                f"centre-cropped to {w}x{h}; transparent areas become black.")
+
+    @property
     def examples(self) -> list[tuple[Path, str]]:
         folder = self.model.folder
         return [(folder / e["file"], e.get("label", "")) for e in self.model.manifest.examples]
@@ -94,13 +105,13 @@ class TranslatorTab:
         given = {w.key: v for w, v in zip(self.widgets, values) if graph in w.graphs}
         images, choices = {}, {}
         for widget in self.widgets:
-            if graph not in widget.graphs or widget.role not in ("image", "domain"):
+            if graph not in widget.graphs or widget.role not in ("image", "label_map", "domain"):
                 continue
             value = given.get(widget.key)
             if value is None or value == "":
-                raise ExportError(f"please {'upload an image' if widget.role == 'image' else 'choose'} for "
+                raise ExportError(f"please {'choose' if widget.role == 'domain' else 'upload an image'} for "
                                   f"'{widget.label}'")
-            (images if widget.role == "image" else choices)[widget.key] = value
+            (choices if widget.role == "domain" else images)[widget.key] = value
         seed, num = given.get("seed", 0), given.get("num", 1)
         try:
             seed, num = int(seed if seed is not None else 0), int(num if num is not None else 1)
@@ -183,11 +194,8 @@ def build_app(tabs: Sequence[TranslatorTab]):
                     "onnxruntime.")
         for tab in tabs:
             manifest = tab.model.manifest
-            S = manifest.image_size
             with gr.Tab(manifest.title, id=tab.name, elem_id=tab.name):
-                gr.Markdown(f"**{manifest.title}** — task `{manifest.task}`, {S}x{S} px. Uploads of any size and "
-                            f"aspect are resized (shorter side to {S} px) and centre-cropped to {S}x{S}; transparent "
-                            "areas become black.")
+                gr.Markdown(f"**{manifest.title}** — task `{manifest.task}`. {tab.input_note}")
                 with gr.Row():
                     with gr.Column():
                         first_mode = next(iter(tab.modes))
@@ -196,9 +204,11 @@ def build_app(tabs: Sequence[TranslatorTab]):
                         components = []
                         for widget in tab.widgets:
                             visible = tab.modes[first_mode] in widget.graphs
-                            if widget.role == "image":
-                                component = upload_image(label=widget.label, sources=["upload", "clipboard"],
-                                                         height=240, visible=visible)
+                            if widget.role in ("image", "label_map"):
+                                label = widget.label + (" (a labelIds PNG or a map in the official colours)"
+                                                        if widget.role == "label_map" else "")
+                                component = upload_image(label=label, sources=["upload", "clipboard"], height=240,
+                                                         visible=visible)
                             elif widget.role == "domain":
                                 component = gr.Dropdown(list(widget.choices), value=widget.choices[-1],
                                                         label=widget.label, visible=visible)
@@ -214,7 +224,7 @@ def build_app(tabs: Sequence[TranslatorTab]):
                         gallery = gr.Gallery(label="translation", columns=4, height=360, format="png",
                                              elem_id=f"{tab.name}_output")
                 if tab.examples:
-                    source = next(c for w, c in zip(tab.widgets, components) if w.role == "image")
+                    source = next(c for w, c in zip(tab.widgets, components) if w.role in ("image", "label_map"))
                     gr.Examples([[str(path)] for path, _ in tab.examples], inputs=[source],
                                 label="examples (click one to use it as the source: "
                                       + ", ".join(label for _, label in tab.examples) + ")", examples_per_page=12)

@@ -1,8 +1,10 @@
-"""Command line of the evaluators: the AFHQ protocol and the papers' metric tables.
+"""Command line of the evaluators: the AFHQ and Cityscapes protocols and the papers' metric tables.
 
     python -m evaluators afhq --run runs/x                              # RUN/eval/afhq.json, latest checkpoint
     python -m evaluators afhq --run runs/x --backbone proxy --max-per-domain 50 --mode latent
     python -m evaluators afhq --checkpoint 100000_nets_ema.ckpt --data data/afhq --out eval/official.json
+    python -m evaluators cityscapes --run runs/c --segmenter proxy --backbone proxy   # RUN/eval/cityscapes.json
+    python -m evaluators train-segmenter --data data/synthetic_cityscapes            # the proxy segmenter (cached)
     python -m evaluators table runs/remix-* runs/baseline-* --format md  # Table 1: mean ± std over seeds per method
 
 User errors (missing files or weights, bad values) print one `error:` message and exit with status 2.
@@ -24,6 +26,8 @@ from evaluators.lpips import LPIPS, build_lpips
 from evaluators.protocols import (MODES, OFFICIAL_BATCH_SIZE, afhq_result, evaluate_afhq, format_summary, load_official,
                                   load_run, write_result)
 from evaluators.content import read_poses, train_pose_regressor
+from evaluators.protocols.cityscapes import add_commands as add_cityscapes_commands
+from evaluators.protocols.cityscapes import run_command as run_cityscapes_command
 from evaluators.proxy import train_proxy
 from i2i.data.afhq import scan_split
 from i2i.engine.trainer import select_device
@@ -114,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", type=Path, metavar="DIR",
                      help="cache of real statistics and proxy backbones (default: ~/.cache/i2i/eval)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_cityscapes_commands(commands)
     commands.add_parser("table", add_help=False, help="the papers' tables from result files: table RUN... "
                         "[--format md|csv|json] [--group-by method] (see: table --help)")
     return parser
@@ -243,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["table"]:
             return tables.main(argv[1:], prog="python -m evaluators table")
         args = _parser().parse_args(argv)
+        if args.command in ("cityscapes", "train-segmenter"):
+            return run_cityscapes_command(args)
         return _afhq(args)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)

@@ -16,6 +16,7 @@ import io
 import os
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -86,6 +87,66 @@ def decode_image(data: bytes | str | os.PathLike, *, name: str | None = None, ma
         raise ImageInputError(f"{what} is {image.width}x{image.height} pixels; at least {min_side}x{min_side} is "
                               "needed")
     return to_rgb(image)
+
+
+LABEL_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "I;16N")
+MAX_FAR_FRACTION = 0.02  # share of pixels a colour-coded map may have far from every palette colour (anti-aliasing)
+FAR_COLOUR = 40.0
+
+
+def _read_image_raw(data: bytes | str | os.PathLike, name: str | None, max_bytes: int, max_pixels: int) -> Image.Image:
+    """Like decode_image but keeping the mode (label maps must not be converted to RGB)."""
+    if isinstance(data, (str, os.PathLike)):
+        name = name or Path(data).name
+        data = read_bytes(data, max_bytes=max_bytes)
+    decode_image(data, name=name, max_bytes=max_bytes, max_pixels=max_pixels)  # every check, one message style
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return ImageOps.exif_transpose(image)
+
+
+def decode_label_map(data: bytes | str | os.PathLike, palette: Sequence[Sequence[int]], height: int, width: int, *,
+                     name: str | None = None, max_bytes: int = MAX_UPLOAD_BYTES,
+                     max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A label-map upload -> (1, height, width) int64 label ids in [0, len(palette)).
+
+    A single-channel image (8/16-bit grey, e.g. Cityscapes' *_labelIds.png) holds the ids themselves; a colour image
+    is colour-coded with `palette` (each pixel takes its nearest colour; where colours repeat, the smallest id). The
+    map is centre-cropped to width:height and resized with nearest neighbours. ImageInputError for ids outside the
+    palette or a colour image that is not colour-coded.
+    """
+    image = _read_image_raw(data, name, max_bytes, max_pixels)
+    what = _describe(name)
+    palette_rgb = np.asarray(palette, dtype=np.float32)
+    if image.mode in LABEL_MODES:
+        ids = np.asarray(image).astype(np.int64)
+        bad = np.unique(ids[(ids < 0) | (ids >= len(palette_rgb))])
+        if bad.size:
+            raise ImageInputError(f"{what} holds label ids {bad[:8].tolist()} outside 0..{len(palette_rgb) - 1}")
+    else:
+        rgb = np.asarray(to_rgb(image), dtype=np.float32)
+        distances = ((rgb[:, :, None, :] - palette_rgb[None, None]) ** 2).sum(-1)
+        ids = distances.argmin(-1).astype(np.int64)
+        far = np.sqrt(distances.min(-1)) > FAR_COLOUR
+        if far.mean() > MAX_FAR_FRACTION:
+            raise ImageInputError(f"{what} is not a label map: {far.mean():.0%} of its pixels are far from every "
+                                  "palette colour (expected a labelIds PNG or a map in the official colours)")
+    return _nearest_fit(ids, height, width)[None]
+
+
+def _nearest_fit(ids: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Centre-crop (H, W) to the aspect width:height, then nearest-neighbour resize to (height, width)."""
+    h, w = ids.shape
+    if w * height > h * width:  # too wide
+        crop = round(h * width / height)
+        ids = ids[:, (w - crop) // 2:(w - crop) // 2 + crop]
+    elif w * height < h * width:
+        crop = round(w * height / width)
+        ids = ids[(h - crop) // 2:(h - crop) // 2 + crop]
+    h, w = ids.shape
+    rows = np.minimum(((np.arange(height) + 0.5) * (h / height)).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * (w / width)).astype(np.int64), w - 1)
+    return ids[rows[:, None], cols[None, :]]
 
 
 def fit_square(image: Image.Image, size: int) -> Image.Image:

@@ -7,7 +7,8 @@ a number of outputs) into the graph's feed and its output into pictures. Neither
 task: an input's `role` decides how it is filled and which widget the app shows.
 
 Roles: `image` (an upload, fitted to the spec's size, channels from the shape), `domain` (a name from `choices`,
-fed as its index), `latent` (a seeded standard-normal draw; one row per requested output), `style` (a vector from
+fed as its index), `latent` (a seeded standard-normal draw; one row per requested output), `label_map` (an upload
+of label ids or a map colour-coded with the spec's `palette`; `choices` names the ids), `style` (a vector from
 another graph; API use only). Shapes use "N" for the dynamic batch.
 
 numpy + PIL + onnxruntime only: the app's process never imports torch.
@@ -24,13 +25,13 @@ from typing import Any, Mapping, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
-from i2i.imaging import decode_image, to_model_input, to_pixels
+from i2i.imaging import decode_image, decode_label_map, to_model_input, to_pixels
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "i2i-export"
 MANIFEST_VERSION = 1
 BATCH = "N"
-ROLES = ("image", "domain", "latent", "style")
+ROLES = ("image", "domain", "latent", "style", "label_map")
 DTYPES = ("float32", "int64")
 MAX_OUTPUTS = 16
 
@@ -51,6 +52,7 @@ class TensorSpec:
     range: tuple[float, float] | None = None
     choices: tuple[str, ...] = ()
     title: str = ""
+    palette: tuple[tuple[int, int, int], ...] = ()  # label_map: the colour of each id
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -63,19 +65,24 @@ class TensorSpec:
             raise ExportError(f"tensor '{self.name}': a domain input is int64 with named choices")
         if self.role == "image" and (len(self.shape) != 4 or self.shape[1] not in (1, 3)):
             raise ExportError(f"tensor '{self.name}': an image is (N, 1 or 3, H, W), got {self.shape}")
+        if self.role == "label_map" and (self.dtype != "int64" or len(self.shape) != 3 or not self.palette):
+            raise ExportError(f"tensor '{self.name}': a label map is int64 (N, H, W) with a palette")
 
     @property
     def label(self) -> str:
         return self.title or self.name
 
     def to_json(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        data = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        data["palette"] = [list(c) for c in self.palette]
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "TensorSpec":
         return cls(name=data["name"], role=data["role"], dtype=data["dtype"], shape=tuple(data["shape"]),
                    range=tuple(data["range"]) if data.get("range") is not None else None,
-                   choices=tuple(data.get("choices", ())), title=data.get("title", ""))
+                   choices=tuple(data.get("choices", ())), title=data.get("title", ""),
+                   palette=tuple(tuple(c) for c in data.get("palette", ())))
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,9 @@ def random_feed(graph: GraphSpec, batch: int, seed: int) -> dict[str, np.ndarray
         shape = (batch, *spec.shape[1:])
         if spec.role == "domain":
             feed[spec.name] = rng.integers(0, len(spec.choices), size=shape, dtype=np.int64)
+        elif spec.role == "label_map":  # blocks of random labels: a map with regions and boundaries
+            coarse = rng.integers(0, len(spec.palette), size=(batch, -(-shape[1] // 8), -(-shape[2] // 8)))
+            feed[spec.name] = coarse.repeat(8, 1).repeat(8, 2)[:, :shape[1], :shape[2]].astype(np.int64)
         elif spec.range is not None:
             feed[spec.name] = rng.uniform(*spec.range, size=shape).astype(np.float32)
         else:
@@ -133,8 +143,9 @@ def check_feed(graph: GraphSpec, feed: Mapping[str, np.ndarray]) -> int:
         if value.dtype != np.dtype(spec.dtype) or tuple(value.shape[1:]) != tuple(spec.shape[1:]):
             raise ExportError(f"graph '{graph.name}' input '{spec.name}': expected {spec.dtype} of shape "
                               f"{tuple(spec.shape)}, got {value.dtype} of shape {value.shape}")
-        if spec.role == "domain" and value.size and (value.min() < 0 or value.max() >= len(spec.choices)):
-            raise ExportError(f"graph '{graph.name}' input '{spec.name}': values must be in [0, {len(spec.choices)})")
+        limit = len(spec.choices) if spec.role == "domain" else len(spec.palette) if spec.role == "label_map" else None
+        if limit is not None and value.size and (value.min() < 0 or value.max() >= limit):
+            raise ExportError(f"graph '{graph.name}' input '{spec.name}': values must be in [0, {limit})")
         batches.add(value.shape[0])
     if len(batches) != 1 or 0 in batches:
         raise ExportError(f"graph '{graph.name}': all inputs need the same non-zero batch size, got {sorted(batches)}")
@@ -273,7 +284,8 @@ def translate(model: GraphRunner, graph: str, *, images: Mapping[str, Any] | Non
               choices: Mapping[str, str] | None = None, seed: int = 0, num: int = 1) -> list[np.ndarray]:
     """Run a UI graph on what a person gives; returns `num` (latent graphs) or 1 pictures (H, W, 3) uint8.
 
-    `images` maps image input names to uploads (bytes, a path, or a PIL image); `choices` maps domain input names to
+    `images` maps image and label-map input names to uploads (bytes, a path, or a PIL image for images); `choices`
+    maps domain input names to
     a choice name; latents are drawn from `seed` (output k of seed s is the same whatever `num` is).
     Raises ImageInputError (bad upload) or ExportError (a missing input, an unknown choice).
     """
@@ -294,6 +306,12 @@ def translate(model: GraphRunner, graph: str, *, images: Mapping[str, Any] | Non
             image = upload if isinstance(upload, Image.Image) else decode_image(upload, name=None)
             x = to_model_input(image, tensor.shape[2], channels=tensor.shape[1])
             feed[tensor.name] = np.repeat(x, batch, axis=0)
+        elif tensor.role == "label_map":
+            upload = images.get(tensor.name)
+            if upload is None:
+                raise ExportError(f"'{spec.title}' needs a label map for '{tensor.label}'")
+            ids = decode_label_map(upload, tensor.palette, tensor.shape[1], tensor.shape[2])
+            feed[tensor.name] = np.repeat(ids, batch, axis=0)
         elif tensor.role == "domain":
             name = choices.get(tensor.name)
             if name not in tensor.choices:

@@ -424,5 +424,8 @@ def eval_loader(index: CityscapesIndex, width: int, height: int, batch_size: int
     (list of B frame names)."""
     _check_int("batch_size", batch_size, minimum=1)
     _check_int("num_workers", num_workers, minimum=0)
+    # its own generator: iterating a DataLoader draws a base seed, which must not move the global RNG (a run that
+    # loads sample images after resuming would diverge from an uninterrupted one)
     return DataLoader(CityscapesEvalDataset(index, width, height), batch_size=batch_size, shuffle=False,
+                      generator=torch.Generator().manual_seed(0),
                       num_workers=num_workers, pin_memory=torch.cuda.is_available())

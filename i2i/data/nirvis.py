@@ -469,5 +469,7 @@ def eval_loaders(protocol: RecognitionProtocol, img_size: int, batch_size: int, 
     _check_int("num_workers", num_workers, minimum=0)
     sets = (FaceImages(protocol.gallery, protocol.gallery_labels, img_size, 3),
             FaceImages(protocol.probes, protocol.probe_labels, img_size, nir_channels))
+    # own generators: iterating a DataLoader must not move the global RNG (exact resume)
     return tuple(DataLoader(s, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            generator=torch.Generator().manual_seed(0),
                             pin_memory=torch.cuda.is_available()) for s in sets)

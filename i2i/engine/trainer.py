@@ -104,6 +104,7 @@ class Trainer:
             ema_nets = {n: copy.deepcopy(nets[n]) for n in task.ema_net_names}
         self.ema = EMA(ema_nets, cfg.train.ema_beta)
         self.optimizers = task.optimizers()
+        self.base_lrs = {name: [group["lr"] for group in opt.param_groups] for name, opt in self.optimizers.items()}
         self.regs = Regularizers.from_config(cfg, task)
         start = 0
         if resume_from is not None:
@@ -143,9 +144,11 @@ class Trainer:
         return torch.autocast("cuda", dtype=torch.bfloat16) if use else nullcontext()
 
     def translate(self, branch: Branch):
-        """G2(G1(x)), or G2 of the interpolated G1 outputs when the branch mixes in this iteration."""
+        """G2(G1(x)), or G2 of the interpolated G1 outputs when the branch mixes in this iteration; sets the
+        critic condition of the fakes (a conditional G2 input such as SPADE's label map is the interpolated one)."""
         codes = self.task.encode(branch)
         e = codes.first if branch.lam is None else self.regs.feature_mix.interpolate(codes.first, codes.second, branch.lam)
+        branch.cond_fake = self.task.fake_condition(e, branch)
         return codes, self.task.decode(e, branch)
 
     def optimize(self, loss: Tensor, logs: dict[str, float], net_names: tuple[str, ...], step: int) -> None:
@@ -162,7 +165,7 @@ class Trainer:
             _, fake = self.translate(branch)
         real_a, real_b = task.real_pair(branch)
         fake, cond = regs.correct_fakes(regs.mix_fakes(real_a, fake), branch.cond_fake)
-        negatives = Negatives(regs.negative_sets(fake, cond, real_a, real_b, branch.cond_fake))
+        negatives = Negatives(regs.negative_sets(fake, cond, real_a, real_b, task.real_condition(branch)))
         with self.autocast():
             loss, logs = task.d_loss(branch, regs.critic(task, for_generator=False), negatives)
             loss, extra = regs.add_critic_losses(loss, task, real_a, fake, cond)
@@ -194,18 +197,32 @@ class Trainer:
             return x.to(self.device, memory_format=torch.channels_last, non_blocking=True)
         return x.to(self.device, non_blocking=True)
 
+    def set_learning_rates(self, step: int) -> None:
+        """The task's schedule (e.g. SPADE's constant-then-linear decay) as a factor on every base learning rate."""
+        factor = self.task.lr_factor(step)
+        for name, opt in self.optimizers.items():
+            for group, base in zip(opt.param_groups, self.base_lrs[name]):
+                group["lr"] = base * factor
+
     def train_iteration(self, batch: dict[str, Tensor], step: int) -> dict[str, float]:
-        """One iteration: all D steps, then all G steps, then the EMA update. Returns the logged values."""
+        """One iteration: all D steps, then all G steps (StarGAN v2's order; a task with step_order "g_first", such
+        as SPADE, steps G then D per branch), then the EMA update. Returns the logged values."""
+        self.set_learning_rates(step)
         batch = {k: self.to_device(v) for k, v in batch.items()}
         branches = self.task.branches(batch, step)
         lams = self.regs.feature_mix.draw_branches([b.name for b in branches], next(iter(batch.values())).shape[0])
         for branch in branches:
             branch.lam = lams[branch.name]
         logs: dict[str, float] = {}
-        for branch in branches:
-            logs.update(self.d_step(branch, step))
-        for branch in branches:
-            logs.update(self.g_step(branch, step))
+        if self.task.step_order == "g_first":
+            for branch in branches:
+                logs.update(self.g_step(branch, step))
+                logs.update(self.d_step(branch, step))
+        else:
+            for branch in branches:
+                logs.update(self.d_step(branch, step))
+            for branch in branches:
+                logs.update(self.g_step(branch, step))
         self.ema.update(self.task.nets)
         if self.regs.feature_mix.method == "remix":
             for key, value in self.regs.feature_mix.a_bars.items():

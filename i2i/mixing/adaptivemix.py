@@ -1,8 +1,8 @@
 """AdaptiveMix: feature-space shrinkage for the discriminator (paper 001, Eq. 2, Sec. 3.3).
 
 The discriminator is split as ``D = head . features``: ``features(images, cond) -> h`` (any shape (N, ...), e.g.
-StarGAN v2 (N, C, 1, 1), SPADE (N, C, h, w), StyleGAN2 (N, 512, 4, 4); flattened per sample here) and
-``head(h, cond) -> logits``. A hard sample ``x^ = lam * x_a + (1 - lam) * x_b``, ``lam ~ Beta(alpha, alpha)`` (one per
+StarGAN v2 (N, C, 1, 1), StyleGAN2 (N, 512, 4, 4); flattened per sample here; or a list of them, one per scale of a
+multi-scale critic such as SPADE's, whose distances are averaged) and ``head(h, cond) -> logits`` (a list likewise). A hard sample ``x^ = lam * x_a + (1 - lam) * x_b``, ``lam ~ Beta(alpha, alpha)`` (one per
 batch), is pulled towards the mixed easy features ``v = lam * F(x_a) + (1 - lam) * F(x_b) + noise`` (noise
 ~ N(0, sigma^2), v detached): ``L_ada = weight * distance(F(x^), v)``, added to D's loss and (``on_generator``) G's.
 
@@ -56,12 +56,15 @@ Head = Callable[[Tensor, Any], Tensor]  # (h (N, ...), cond) -> logits (N, ...)
 Critic = Callable[[Tensor, Any], Tensor]  # (images, cond) -> logits
 
 
-def feature_distance(pred: Tensor, target: Tensor, kind: str) -> Tensor:
-    """Distance between features (N, ...) flattened per sample.
+def feature_distance(pred: Any, target: Any, kind: str) -> Tensor:
+    """Distance between features (N, ...) flattened per sample; for a list of feature maps (a multi-scale critic)
+    the mean of the per-map distances.
 
     ``cos``: negative cosine similarity per sample, averaged over the batch (in [-1, 1]);
     ``mse``: mean squared error over all elements.
     """
+    if isinstance(pred, (list, tuple)):
+        return torch.stack([feature_distance(p, t, kind) for p, t in zip(pred, target)]).mean()
     if pred.shape != target.shape:
         raise ValueError(f"feature shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
     if kind == "cos":
@@ -69,6 +72,14 @@ def feature_distance(pred: Tensor, target: Tensor, kind: str) -> Tensor:
     if kind == "mse":
         return F.mse_loss(pred, target)
     raise ValueError(f"unknown AdaptiveMix distance {kind!r}; valid distances: {', '.join(DISTANCES)}")
+
+
+def _tree(fn: Callable[..., Tensor], *trees: Any) -> Any:
+    """fn applied leaf by leaf to tensors or (equally shaped) lists/tuples of them: a multi-scale critic's features
+    and logits are lists, one entry per scale."""
+    if isinstance(trees[0], (list, tuple)):
+        return type(trees[0])(_tree(fn, *leaves) for leaves in zip(*trees))
+    return fn(*trees)
 
 
 def group_permutation(groups: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -108,15 +119,17 @@ def group_derangement(groups: Tensor, generator: torch.Generator | None = None) 
     return perm
 
 
-def _noisy_target(mixed_features: Tensor, noise: float, generator: torch.Generator | None) -> Tensor:
+def _noisy_target(mixed_features: Any, noise: float, generator: torch.Generator | None) -> Any:
     """The detached target v = mixed easy features + N(0, noise^2)."""
-    jitter = torch.randn(mixed_features.shape, device=mixed_features.device, dtype=mixed_features.dtype,
-                         generator=generator)
-    return (mixed_features + noise * jitter).detach()
+    def jittered(h: Tensor) -> Tensor:
+        jitter = torch.randn(h.shape, device=h.device, dtype=h.dtype, generator=generator)
+        return (h + noise * jitter).detach()
+
+    return _tree(jittered, mixed_features)
 
 
-def _lerp(a: Tensor, b: Tensor, lam: Tensor | float) -> Tensor:
-    return lam * a + (1.0 - lam) * b
+def _lerp(a: Any, b: Any, lam: Tensor | float) -> Any:
+    return _tree(lambda x, y: lam * x + (1.0 - lam) * y, a, b)
 
 
 def mix_within(features: Features, head: Head, images: Tensor, cond: Any, lam: Tensor | float, perm: Tensor,
@@ -132,9 +145,9 @@ def mix_within(features: Features, head: Head, images: Tensor, cond: Any, lam: T
     h = features(images, cond)
     mixed_images = _lerp(images, images[perm], lam)
     h_hard = features(mixed_images, cond)
-    h_easy = _lerp(h, h[perm], lam)
+    h_easy = _lerp(h, _tree(lambda x: x[perm], h), lam)
     loss = feature_distance(h_hard, _noisy_target(h_easy, noise, generator), distance)
-    logits = head(h_easy, cond) + head(h_hard, cond)
+    logits = _tree(torch.add, head(h_easy, cond), head(h_hard, cond))
     return logits, loss
 
 

@@ -85,10 +85,11 @@ class SPADE(nn.Module):
     x (N, norm_nc, H, W), segmap (N, label_nc, h, w) (resized to H x W, nearest) -> (N, norm_nc, H, W).
     The param-free norm is BatchNorm2d(affine=False) with running stats ('batch'; also for 'syncbatch', see the module
     docstring) or InstanceNorm2d(affine=False) ('instance'); gamma and beta come from a shared conv + ReLU (128
-    channels) and one conv each, all k x k.
+    channels officially; `hidden` is our option for small CPU models) and one conv each, all k x k.
     """
 
-    def __init__(self, norm_nc: int, label_nc: int, param_free_norm: str = "batch", kernel_size: int = 3) -> None:
+    def __init__(self, norm_nc: int, label_nc: int, param_free_norm: str = "batch", kernel_size: int = 3,
+                 hidden: int = SPADE_HIDDEN) -> None:
         super().__init__()
         if param_free_norm not in PARAM_FREE_NORMS:
             raise ValueError(f"SPADE param_free_norm must be one of {PARAM_FREE_NORMS}, got {param_free_norm!r}")
@@ -99,9 +100,10 @@ class SPADE(nn.Module):
         else:
             self.param_free_norm = nn.BatchNorm2d(norm_nc, affine=False)
         padding = kernel_size // 2
-        self.mlp_shared = nn.Sequential(nn.Conv2d(label_nc, SPADE_HIDDEN, kernel_size, padding=padding), nn.ReLU())
-        self.mlp_gamma = nn.Conv2d(SPADE_HIDDEN, norm_nc, kernel_size, padding=padding)
-        self.mlp_beta = nn.Conv2d(SPADE_HIDDEN, norm_nc, kernel_size, padding=padding)
+        hidden = _positive_int(hidden, "SPADE hidden")
+        self.mlp_shared = nn.Sequential(nn.Conv2d(label_nc, hidden, kernel_size, padding=padding), nn.ReLU())
+        self.mlp_gamma = nn.Conv2d(hidden, norm_nc, kernel_size, padding=padding)
+        self.mlp_beta = nn.Conv2d(hidden, norm_nc, kernel_size, padding=padding)
 
     def forward(self, x: Tensor, segmap: Tensor) -> Tensor:
         _check_map(x, "SPADE input x", self.norm_nc)
@@ -118,7 +120,8 @@ class SPADEResnetBlock(nn.Module):
     'spectral' in norm_G, conv_0, conv_1 and conv_s carry torch.nn.utils.spectral_norm hooks (weight_orig/_u/_v).
     """
 
-    def __init__(self, fin: int, fout: int, semantic_nc: int, norm_G: str = "spectralspadebatch3x3") -> None:
+    def __init__(self, fin: int, fout: int, semantic_nc: int, norm_G: str = "spectralspadebatch3x3",
+                 spade_hidden: int = SPADE_HIDDEN) -> None:
         super().__init__()
         spectral, param_free_norm, kernel_size = parse_norm_G(norm_G)
         self.fin, self.fout = _positive_int(fin, "fin"), _positive_int(fout, "fout")
@@ -130,10 +133,10 @@ class SPADEResnetBlock(nn.Module):
         self.conv_1 = sn(nn.Conv2d(fmiddle, fout, 3, padding=1))
         if self.learned_shortcut:
             self.conv_s = sn(nn.Conv2d(fin, fout, 1, bias=False))
-        self.norm_0 = SPADE(fin, semantic_nc, param_free_norm, kernel_size)
-        self.norm_1 = SPADE(fmiddle, semantic_nc, param_free_norm, kernel_size)
+        self.norm_0 = SPADE(fin, semantic_nc, param_free_norm, kernel_size, spade_hidden)
+        self.norm_1 = SPADE(fmiddle, semantic_nc, param_free_norm, kernel_size, spade_hidden)
         if self.learned_shortcut:
-            self.norm_s = SPADE(fin, semantic_nc, param_free_norm, kernel_size)
+            self.norm_s = SPADE(fin, semantic_nc, param_free_norm, kernel_size, spade_hidden)
 
     def shortcut(self, x: Tensor, seg: Tensor) -> Tensor:
         return self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x
@@ -143,6 +146,27 @@ class SPADEResnetBlock(nn.Module):
         dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg), LRELU_SLOPE))
         dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg), LRELU_SLOPE))
         return x_s + dx
+
+
+def latent_grid(crop_size: int, aspect_ratio: float, num_upsampling_layers: str) -> tuple[int, int]:
+    """(sh, sw) of the generator's first feature map: sw = crop_size // 2**n_up, sh = round(sw / aspect_ratio); the
+    output is (sh, sw) * 2**n_up. ValueError for an empty grid."""
+    if num_upsampling_layers not in NUM_UPSAMPLING:
+        raise ValueError(f"num_upsampling_layers must be one of {tuple(NUM_UPSAMPLING)}, got {num_upsampling_layers!r}")
+    num_up = NUM_UPSAMPLING[num_upsampling_layers]
+    sw = _positive_int(crop_size, "crop_size") // 2**num_up
+    sh = round(sw / aspect_ratio) if aspect_ratio > 0 else 0
+    if sw < 1 or sh < 1:
+        raise ValueError(f"the latent grid sh x sw = {sh}x{sw} is empty: crop_size {crop_size} must be "
+                         f">= {2**num_up} for '{num_upsampling_layers}' and aspect_ratio (> 0, got "
+                         f"{aspect_ratio}) small enough that round(sw / aspect_ratio) >= 1")
+    return sh, sw
+
+
+def output_size(crop_size: int, aspect_ratio: float, num_upsampling_layers: str) -> tuple[int, int]:
+    """(H, W) of a SPADEGenerator's images for these options (no network built)."""
+    sh, sw = latent_grid(crop_size, aspect_ratio, num_upsampling_layers)
+    return sh * 2 ** NUM_UPSAMPLING[num_upsampling_layers], sw * 2 ** NUM_UPSAMPLING[num_upsampling_layers]
 
 
 class SPADEGenerator(nn.Module):
@@ -157,7 +181,7 @@ class SPADEGenerator(nn.Module):
 
     def __init__(self, semantic_nc: int, ngf: int = 64, num_upsampling_layers: str = "normal", crop_size: int = 256,
                  aspect_ratio: float = 1.0, norm_G: str = "spectralspadebatch3x3", use_vae: bool = False,
-                 z_dim: int = 256) -> None:
+                 z_dim: int = 256, spade_hidden: int = SPADE_HIDDEN) -> None:
         super().__init__()
         if num_upsampling_layers not in NUM_UPSAMPLING:
             raise ValueError(f"num_upsampling_layers must be one of {tuple(NUM_UPSAMPLING)}, "
@@ -169,15 +193,10 @@ class SPADEGenerator(nn.Module):
             raise ValueError(f"num_upsampling_layers 'most' needs ngf >= 2 (its last block has ngf // 2 channels), "
                              f"got {ngf}")
         self.num_up = NUM_UPSAMPLING[num_upsampling_layers]
-        self.sw = _positive_int(crop_size, "crop_size") // 2**self.num_up
-        self.sh = round(self.sw / aspect_ratio) if aspect_ratio > 0 else 0
-        if self.sw < 1 or self.sh < 1:
-            raise ValueError(f"the latent grid sh x sw = {self.sh}x{self.sw} is empty: crop_size {crop_size} must be "
-                             f">= {2**self.num_up} for '{num_upsampling_layers}' and aspect_ratio (> 0, got "
-                             f"{aspect_ratio}) small enough that round(sw / aspect_ratio) >= 1")
+        self.sh, self.sw = latent_grid(crop_size, aspect_ratio, num_upsampling_layers)
         self.options = {"semantic_nc": semantic_nc, "ngf": ngf, "num_upsampling_layers": num_upsampling_layers,
                         "crop_size": crop_size, "aspect_ratio": aspect_ratio, "norm_G": norm_G, "use_vae": use_vae,
-                        "z_dim": z_dim}
+                        "z_dim": z_dim, "spade_hidden": spade_hidden}
         self.output_size = (self.sh * 2**self.num_up, self.sw * 2**self.num_up)
         self.ngf = nf
         self.use_vae = bool(use_vae)
@@ -188,7 +207,7 @@ class SPADEGenerator(nn.Module):
             self.fc = nn.Conv2d(semantic_nc, 16 * nf, 3, padding=1)
 
         def block(fin: int, fout: int) -> SPADEResnetBlock:
-            return SPADEResnetBlock(fin, fout, semantic_nc, norm_G)
+            return SPADEResnetBlock(fin, fout, semantic_nc, norm_G, spade_hidden)
 
         self.head_0 = block(16 * nf, 16 * nf)
         self.G_middle_0 = block(16 * nf, 16 * nf)

@@ -104,6 +104,7 @@ class Task(ABC):
     critic_net: ClassVar[str] = "discriminator"
     ema_net_names: ClassVar[tuple[str, ...]] = ()
     branch_names: ClassVar[tuple[str, ...]] = ("main",)  # the names `branches()` gives its branches
+    step_order: ClassVar[str] = "d_first"  # d_first: all D steps, then all G steps (StarGAN v2) | g_first (SPADE)
 
     def __init__(self, cfg, device: torch.device):
         self.cfg = cfg
@@ -166,6 +167,19 @@ class Task(ABC):
     @abstractmethod
     def decode(self, e: Any, branch: Branch) -> Tensor:
         """G2: fake images (N, 3, H, W), nominally in [-1, 1]."""
+
+    def fake_condition(self, e: Any, branch: Branch) -> Any:
+        """The critic condition of G2(e): by default the branch's (StarGAN v2: the target domain); a task whose G2
+        input is the condition (SPADE's label map) returns e, so interpolated fakes are judged under the mixed map."""
+        return branch.cond_fake
+
+    def real_condition(self, branch: Branch) -> Any:
+        """The condition of `real_pair`'s first images (default: the fakes', which they share unless mixed)."""
+        return branch.cond_fake
+
+    def lr_factor(self, step: int) -> float:
+        """The learning-rate schedule as a factor on every optimiser's base rate at `step` (default: constant)."""
+        return 1.0
 
     @abstractmethod
     def targets(self, branch: Branch, codes: Codes) -> Codes:
