@@ -39,6 +39,8 @@ class DataConfig:
     num_workers: int = 4
     rrc_prob: float = 0.5  # probability of RandomResizedCrop (official StarGAN v2 augmentation)
     synthetic: bool = False  # generate the procedural dataset at `root` when it is missing
+    fold: str = "1"  # nirvis: the CASIA NIR-VIS 2.0 protocol fold (1..10, or dev for View 1)
+    pairs: str = "all"  # nirvis: all training pairs, or one NIR-VIS pair per identity (the paper's extreme setting)
 
 
 @dataclass
@@ -297,6 +299,8 @@ ALIASES: dict[str, tuple[str, dict]] = {
     "--data": ("data.root", {"metavar": "DIR", "help": "dataset root (AFHQ layout ROOT/{train,val}/<domain>/*)"}),
     "--data-frac": ("data.frac", {"metavar": "F", "help": "keep a seeded per-domain fraction of the training set"}),
     "--img-size": ("data.img_size", {"metavar": "S"}),
+    "--fold": ("data.fold", {"metavar": "K", "help": "nirvis: protocol fold 1..10 or dev"}),
+    "--pairs": ("data.pairs", {"metavar": "P", "help": "nirvis: all | one (one NIR-VIS pair per identity)"}),
     "--workers": ("data.num_workers", {"metavar": "N"}),
     "--iters": ("train.total_iters", {"metavar": "N"}),
     "--batch-size": ("train.batch_size", {"metavar": "N"}),
@@ -323,6 +327,8 @@ SWITCHES: dict[str, tuple[str, Any, str]] = {
     "--pcr": ("regularizers.pcr", True, "PCR: pixel-wise combinations of real pairs as extra negatives"),
     "--sample-correction": ("regularizers.sample_correction", True, "swap too-realistic fakes out of D's batch"),
     "--amp": ("train.amp", True, "bfloat16 autocast on CUDA"),
+    "--pretrain-encoder": ("model.pretrain_encoder", True,
+                           "nirvis: without the LightCNN-29v2 file, train one on the training identities"),
 }
 
 

@@ -9,7 +9,8 @@ task: an input's `role` decides how it is filled and which widget the app shows.
 Roles: `image` (an upload, fitted to the spec's size, channels from the shape), `domain` (a name from `choices`,
 fed as its index), `latent` (a seeded standard-normal draw; one row per requested output), `label_map` (an upload
 of label ids or a map colour-coded with the spec's `palette`; `choices` names the ids), `style` (a vector from
-another graph; API use only). Shapes use "N" for the dynamic batch.
+another graph; API use only), `embedding` (an output feature vector, e.g. a face recognizer's). Shapes use "N" for
+the dynamic batch.
 
 numpy + PIL + onnxruntime only: the app's process never imports torch.
 """
@@ -31,7 +32,7 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "i2i-export"
 MANIFEST_VERSION = 1
 BATCH = "N"
-ROLES = ("image", "domain", "latent", "style", "label_map")
+ROLES = ("image", "domain", "latent", "style", "label_map", "embedding")
 DTYPES = ("float32", "int64")
 MAX_OUTPUTS = 16
 

@@ -95,7 +95,7 @@ class Trainer:
         nets = task.build()
         if cfg.train.channels_last:
             for net in nets.values():
-                net.to(memory_format=torch.channels_last)
+                to_channels_last(net)
         if cfg.train.ema_start == "official":  # the copy keeps PyTorch's default init, as clovaai/stargan-v2 does
             ema_nets = {n: copy.deepcopy(nets[n]) for n in task.ema_net_names}
             task.initialize(nets)
@@ -292,6 +292,15 @@ class Trainer:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+@torch.no_grad()
+def to_channels_last(net: nn.Module) -> None:
+    """NHWC layout for every 4-d parameter and buffer (`net.to(memory_format=...)` refuses nets with 5-d weights,
+    such as StyleGAN2's modulated convs)."""
+    for tensor in [*net.parameters(), *net.buffers()]:
+        if tensor.dim() == 4:
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
 
 
 def check_finite(values: dict[str, float], step: int, last_checkpoint: Path | None) -> None:

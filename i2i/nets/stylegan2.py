@@ -549,7 +549,7 @@ class Discriminator(nn.Module):
         stddev = stddev.mean([2, 3, 4], keepdim=True).squeeze(2)
         stddev = stddev.repeat(group, 1, height, width)
         out = self.final_conv(torch.cat([h, stddev], 1))
-        return self.final_linear(out.view(batch, -1))
+        return self.final_linear(out.reshape(batch, -1))  # reshape: the map may be channels-last
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))

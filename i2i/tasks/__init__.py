@@ -4,7 +4,8 @@ from __future__ import annotations
 import importlib
 
 # name -> "module:Class"; a new task is one module here and one YAML preset in configs/.
-TASKS = {"afhq": "i2i.tasks.afhq:AFHQTask", "cityscapes": "i2i.tasks.cityscapes:CityscapesTask"}
+TASKS = {"afhq": "i2i.tasks.afhq:AFHQTask", "cityscapes": "i2i.tasks.cityscapes:CityscapesTask",
+         "nirvis": "i2i.tasks.nirvis:NIRVISTask"}
 
 
 def task_class(name: str):
