@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from apps import recognition
 from i2i.imaging import ImageInputError, MAX_UPLOAD_BYTES, save_png
 from i2i.serving import MAX_OUTPUTS, ExportedModel, ExportError, find_exports, translate
 
@@ -77,6 +78,7 @@ class TranslatorTab:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.widgets = tab_widgets(model)
         self.modes = {graph.title: graph.name for graph in model.manifest.ui_graphs}
+        self.feature_graph = recognition.feature_graph(model)
         if not self.modes:
             raise ExportError(f"'{model.folder}' exports no graph meant for the app (no graph with ui: true)")
 
@@ -122,6 +124,19 @@ class TranslatorTab:
         captions = [f"seed {seed} #{k}" if "seed" in given else mode for k in range(len(pictures))]
         return [(str(save_png(p, self.output_dir / f"{secrets.token_hex(12)}.png")), c)
                 for p, c in zip(pictures, captions)]
+
+    def verify(self, face_a: Any, face_b: Any) -> float:
+        """Cosine similarity of two uploaded faces under the export's feature graph."""
+        if face_a is None or face_b is None:
+            raise ExportError("please upload two faces")
+        return recognition.verify(self.model, self.feature_graph, face_a, face_b)
+
+    def evaluate_set(self, archive: Any) -> tuple[str, dict]:
+        """Rank-1 / VR@FAR of a zipped gallery/probe set: (markdown table, the numbers)."""
+        if archive is None:
+            raise ExportError("please upload a zip with gallery/<id>/<file> and probe/<id>/<file> images")
+        result = recognition.evaluate_set(self.model, self.feature_graph, archive)
+        return recognition.summary_markdown(result), result
 
     def _prune_outputs(self) -> None:
         """Delete this tab's outputs older than OUTPUT_MAX_AGE_S (Gradio has copied them to its cache by then)."""
@@ -229,6 +244,9 @@ def build_app(tabs: Sequence[TranslatorTab]):
                                 label="examples (click one to use it as the source: "
                                       + ", ".join(label for _, label in tab.examples) + ")", examples_per_page=12)
 
+                if tab.feature_graph is not None:
+                    _recognition_panel(gr, tab)
+
                 def show_for(selected, _tab=tab):
                     graph = _tab.modes[selected]
                     return [gr.update(visible=graph in w.graphs) for w in _tab.widgets]
@@ -237,6 +255,24 @@ def build_app(tabs: Sequence[TranslatorTab]):
                 button.click(_named(user_facing(tab.translate), tab, [c.value for c in components]),
                              [mode, *components], gallery, api_name=f"{tab.name}_translate")
     return app
+
+
+def _recognition_panel(gr, tab: TranslatorTab) -> None:
+    """Verification of two faces and Rank-1 / VR@FAR of an uploaded set, with the export's feature graph."""
+    with gr.Accordion("Recognition evaluation (the recognizer of this export)", open=False):
+        gr.Markdown("Two faces: the cosine similarity of their features (1 = same direction). A set: a zip holding "
+                    "`gallery/<identity>/<file>` and `probe/<identity>/<file>`; Rank-1 and VR@FAR in percent.")
+        with gr.Row():
+            face_a = upload_image(label="face A", height=160)
+            face_b = upload_image(label="face B", height=160)
+            score = gr.Number(label="cosine similarity", precision=4)
+        gr.Button("Verify").click(user_facing(tab.verify), [face_a, face_b], score, api_name=f"{tab.name}_verify")
+        with gr.Row():
+            archive = gr.File(label="gallery/probe zip", file_types=[".zip"], type="filepath")
+            table = gr.Markdown()
+            numbers = gr.JSON(label="result")
+        gr.Button("Evaluate set").click(user_facing(tab.evaluate_set), archive, [table, numbers],
+                                        api_name=f"{tab.name}_evaluate")
 
 
 def load_tabs(exports: str | os.PathLike, output_dir: Path) -> list[TranslatorTab]:

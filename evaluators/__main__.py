@@ -1,10 +1,11 @@
-"""Command line of the evaluators: the AFHQ and Cityscapes protocols and the papers' metric tables.
+"""Command line of the evaluators: the AFHQ, Cityscapes and NIR-VIS protocols and the papers' metric tables.
 
     python -m evaluators afhq --run runs/x                              # RUN/eval/afhq.json, latest checkpoint
     python -m evaluators afhq --run runs/x --backbone proxy --max-per-domain 50 --mode latent
     python -m evaluators afhq --checkpoint 100000_nets_ema.ckpt --data data/afhq --out eval/official.json
     python -m evaluators cityscapes --run runs/c --segmenter proxy --backbone proxy   # RUN/eval/cityscapes.json
     python -m evaluators train-segmenter --data data/synthetic_cityscapes            # the proxy segmenter (cached)
+    python -m evaluators nirvis --run runs/n --fold 1                    # Rank-1, VR@FAR -> RUN/eval/nirvis.json + ROC
     python -m evaluators table runs/remix-* runs/baseline-* --format md  # Table 1: mean ± std over seeds per method
 
 User errors (missing files or weights, bad values) print one `error:` message and exit with status 2.
@@ -28,6 +29,8 @@ from evaluators.protocols import (MODES, OFFICIAL_BATCH_SIZE, afhq_result, evalu
 from evaluators.content import read_poses, train_pose_regressor
 from evaluators.protocols.cityscapes import add_commands as add_cityscapes_commands
 from evaluators.protocols.cityscapes import run_command as run_cityscapes_command
+from evaluators.protocols.nirvis import add_commands as add_nirvis_commands
+from evaluators.protocols.nirvis import run_command as run_nirvis_command
 from evaluators.proxy import train_proxy
 from i2i.data.afhq import scan_split
 from i2i.engine.trainer import select_device
@@ -119,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="cache of real statistics and proxy backbones (default: ~/.cache/i2i/eval)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_cityscapes_commands(commands)
+    add_nirvis_commands(commands)
     commands.add_parser("table", add_help=False, help="the papers' tables from result files: table RUN... "
                         "[--format md|csv|json] [--group-by method] (see: table --help)")
     return parser
@@ -250,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         if args.command in ("cityscapes", "train-segmenter"):
             return run_cityscapes_command(args)
+        if args.command == "nirvis":
+            return run_nirvis_command(args)
         return _afhq(args)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)

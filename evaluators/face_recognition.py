@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from i2i.fileio import atomic_write
 
@@ -41,11 +40,16 @@ RANK1_TIES = ("split", "pessimistic", "optimistic")
 TIE_CONVENTION = ("VR: accept score > t(FAR), t = the (floor(FAR*N_imp)+1)-th largest impostor score (ties with t "
                   "rejected); Rank-1: ties at the top score split (g genuine of n tied count g/n)")
 
-ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
+ArrayLike = Any  # numpy arrays, sequences, or torch tensors (converted without importing torch: the app is torch-free)
+
+
+def _host(x: Any) -> Any:
+    """A torch tensor as a CPU array (duck-typed), anything else unchanged."""
+    return x.detach().cpu().numpy() if hasattr(x, "detach") and hasattr(x, "cpu") else x
 
 
 def _as_float64(x: ArrayLike, what: str) -> np.ndarray:
-    array = x.detach().cpu().double().numpy() if torch.is_tensor(x) else np.asarray(x, dtype=np.float64)
+    array = np.asarray(_host(x), dtype=np.float64)
     if np.isnan(array).any():
         raise ValueError(f"{what} contain NaN")
     return array
@@ -63,8 +67,8 @@ def cosine_scores(probe_feats: ArrayLike, gallery_feats: ArrayLike) -> np.ndarra
 
 def _id_codes(probe_ids: Sequence | np.ndarray, gallery_ids: Sequence | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Integer codes for identities (ints or strings; int 10117 and str '10117' are the same subject)."""
-    p = np.asarray(probe_ids.cpu() if torch.is_tensor(probe_ids) else probe_ids).ravel()
-    g = np.asarray(gallery_ids.cpu() if torch.is_tensor(gallery_ids) else gallery_ids).ravel()
+    p = np.asarray(_host(probe_ids)).ravel()
+    g = np.asarray(_host(gallery_ids)).ravel()
     if not (p.dtype.kind in "iub" and g.dtype.kind in "iub"):
         p, g = p.astype(str), g.astype(str)
     _, codes = np.unique(np.concatenate([p, g]), return_inverse=True)
@@ -242,7 +246,7 @@ def plot_roc(curves: Mapping[str, tuple[ArrayLike, ArrayLike] | tuple[ArrayLike,
     axes = figure.add_subplot(1, 1, 1)
     smallest = 1.0
     for name, curve in curves.items():
-        fpr, tpr = (np.asarray(c.detach().cpu() if torch.is_tensor(c) else c, dtype=np.float64) for c in curve[:2])
+        fpr, tpr = (np.asarray(_host(c), dtype=np.float64) for c in curve[:2])
         if fpr.shape != tpr.shape or fpr.ndim != 1 or fpr.size == 0:
             raise ValueError(f"curve {name!r}: fpr and tpr must be 1-D arrays of one length, "
                              f"got {fpr.shape} and {tpr.shape}")

@@ -7,17 +7,12 @@ import torch
 from PIL import Image
 
 from i2i.config import build_config
-from i2i.data.synthetic import make_cityscapes
 from i2i.engine.checkpoint import load_checkpoint
 from i2i.engine.trainer import Trainer
+from tests.conftest import TINY_CITYSCAPES
 from tests.test_trainer import assert_same_tree, comparable
 
-TINY_CS = {
-    "data.img_size": 64, "data.num_workers": 0, "model.ngf": 4, "model.num_upsampling_layers": "normal",
-    "model.spade_hidden": 8, "model.ndf": 4, "model.n_layers_D": 2, "model.num_D": 2, "model.allow_random_vgg": True,
-    "train.batch_size": 2, "train.total_iters": 2, "train.log_every": 1, "train.sample_every": 2,
-    "train.save_every": 2, "train.progress": False,
-}
+TINY_CS = TINY_CITYSCAPES
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -29,8 +24,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def streets(tmp_path_factory):
-    return make_cityscapes(tmp_path_factory.mktemp("data") / "cityscapes", n_train=6, n_val=3, width=64, height=32)
+def streets(tiny_streets):
+    return tiny_streets
 
 
 def config(streets, **overrides):

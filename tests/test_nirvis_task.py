@@ -6,18 +6,12 @@ import pytest
 import torch
 
 from i2i.config import ConfigError, build_config
-from i2i.data.synthetic import make_nirvis
 from i2i.engine.checkpoint import load_checkpoint
 from i2i.engine.trainer import Trainer
-from i2i.nets.lightcnn import LightCNN29v2
+from tests.conftest import TINY_NIRVIS
 from tests.test_trainer import assert_same_tree, comparable
 
-TINY_NV = {
-    "data.img_size": 32, "data.num_workers": 0, "model.n_mlp": 2, "model.channel_multiplier": 1,
-    "model.channel_max": 16, "train.batch_size": 4, "train.total_iters": 2, "train.log_every": 1,
-    "train.sample_every": 2, "train.save_every": 2, "train.progress": False, "train.ema_start": "trained",
-    "loss.d_reg_every": 2,
-}
+TINY_NV = TINY_NIRVIS
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -29,19 +23,13 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def faces(tmp_path_factory):
-    return make_nirvis(tmp_path_factory.mktemp("data") / "nirvis", n_identities=12, img_size=32)
+def faces(tiny_faces):
+    return tiny_faces
 
 
 @pytest.fixture(scope="module")
-def encoder_file(tmp_path_factory):
-    """A LightCNN-29v2 checkpoint in the official format, with seeded weights."""
-    torch.manual_seed(0)
-    net = LightCNN29v2(num_classes=10)
-    path = tmp_path_factory.mktemp("weights") / "LightCNN_29Layers_V2_checkpoint.pth.tar"
-    torch.save({"epoch": 1, "arch": "LightCNN-29v2", "prec1": 0.0,
-                "state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, path)
-    return path
+def encoder_file(lightcnn_file):
+    return lightcnn_file
 
 
 def config(faces, encoder_file, **overrides):
@@ -142,3 +130,19 @@ def test_export_translates_and_embeds(faces, encoder_file, tmp_path):
     out = model.run("nir_to_vis", random_feed(manifest.graphs["nir_to_vis"], batch=3, seed=0))["image"]
     assert out.shape == (3, 3, 32, 32) and np.isfinite(out).all()
     assert manifest.examples
+
+
+def test_recognition_protocol_cli_and_table(faces, encoder_file, tmp_path):
+    from evaluators.__main__ import main
+    from evaluators.tables import load_results, render_table
+
+    Trainer(config(faces, encoder_file), tmp_path / "run").fit()
+    assert main(["nirvis", "--run", str(tmp_path / "run"), "--device", "cpu", "--no-progress"]) == 0
+    [result] = load_results([tmp_path / "run"])
+    m = result["metrics"]
+    assert result["task"] == "nirvis" and result["recognizer"] == "lightcnn29v2" and result["calibrated"]
+    for row in (m, m["raw"]):
+        assert set(row) >= {"rank1", "vr_far_1e-2", "vr_far_1e-3"} and all(0 <= row[k] <= 100 for k in
+                                                                           ("rank1", "vr_far_1e-2", "vr_far_1e-3"))
+    assert (tmp_path / "run" / "eval" / "nirvis_roc.png").stat().st_size > 5000
+    assert "Table 2" in render_table([result], "md")

@@ -12,6 +12,7 @@ t = the paired VIS photo, and the L1 loss takes the relative form.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,12 +26,15 @@ from i2i.config import ConfigError
 from i2i.data.images import DatasetError
 from i2i.data.nirvis import NIRVISTrainStream, load_face, load_recognition_protocol, train_set_for_run
 from i2i.data.synthetic import make_nirvis
+from i2i.fileio import atomic_write_text
 from i2i.nets.lightcnn import FEATURE_DIM, LightCNN29v2, faces_to_lightcnn_input
 from i2i.nets.stylegan2 import (D_REG_EVERY, R1_GAMMA, Discriminator, Generator, d_logistic_loss, d_r1_loss,
                                 g_nonsaturating_loss, lazy_adam_settings)
 from i2i.serving import GraphSpec, TensorSpec
 from i2i.tasks.base import Branch, Codes, Critic, ExportGraph, GraphModule, Negatives, Task
 from i2i.tasks.face_encoder import EncoderTraining, identity_encoder
+
+ENCODER_RECORD = "encoder.json"  # RUN/encoder.json: {"source", "calibrated"} of the frozen encoder
 
 
 @dataclass
@@ -108,7 +112,12 @@ class NIRVISTask(Task):
             self.device, progress=self.cfg.train.progress)
         with torch.no_grad():
             nets["encoder"].load_state_dict(encoder.state_dict())
-        print(f"encoder: {self.encoder_source} ({'official' if self.encoder_calibrated else 'trained here: proxy'})")
+        # the evaluator labels recognition numbers by where the encoder came from
+        atomic_write_text(self.run_dir / ENCODER_RECORD, json.dumps(
+            {"source": self.encoder_source, "calibrated": self.encoder_calibrated}) + "\n")
+        if self.cfg.train.progress:
+            print(f"encoder: {self.encoder_source} "
+                  f"({'LightCNN-29v2 file' if self.encoder_calibrated else 'trained on the training identities: proxy'})")
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         lr, every = self.cfg.optim.lr, self.cfg.loss.d_reg_every
