@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.i2i-installed
 
-.PHONY: install demo app test test-fast bench clean-demo
+.PHONY: install demo demo-cityscapes demo-nirvis app test test-fast bench clean-demo
 
 install: $(STAMP)
 
@@ -21,10 +21,23 @@ demo: install
 	$(PY) -m i2i.train --config configs/afhq_demo.yaml --run-dir runs/demo --resume auto --remix
 	$(PY) -m evaluators afhq --run runs/demo --backbone proxy --allow-random-lpips --max-per-domain 30
 
-# Serve the demo run in the browser: export it to ONNX first when the export is missing or older than its checkpoint.
+# SPADE on the procedural street scenes (label map -> photo), scored with a segmenter trained on the same data.
+demo-cityscapes: install
+	$(PY) -m i2i.train --config configs/cityscapes_demo.yaml --run-dir runs/demo-cityscapes --resume auto --remix
+	$(PY) -m evaluators cityscapes --run runs/demo-cityscapes --segmenter proxy --segmenter-steps 300 --backbone proxy
+
+# LightCNN + StyleGAN2 on the procedural NIR/VIS faces (the encoder is first trained on the training identities).
+demo-nirvis: install
+	$(PY) -m i2i.train --config configs/nirvis_demo.yaml --run-dir runs/demo-nirvis --resume auto --remix
+	$(PY) -m evaluators nirvis --run runs/demo-nirvis
+
+# Serve the demo runs in the browser: each of runs/demo, runs/demo-cityscapes, runs/demo-nirvis that exists is exported
+# to ONNX first when its export is missing or older than its checkpoint.
 app: install
 	@test -n "$$(ls runs/demo/checkpoints/*.pt 2>/dev/null)" || { echo "no trained demo in runs/demo: run 'make demo' first"; exit 2; }
-	$(PY) -m i2i.export --run runs/demo --out exports/demo --skip-if-current
+	@for run in runs/demo runs/demo-cityscapes runs/demo-nirvis; do \
+	    if [ -n "$$(ls $$run/checkpoints/*.pt 2>/dev/null)" ]; then \
+	        $(PY) -m i2i.export --run $$run --out exports/$$(basename $$run) --skip-if-current || exit 1; fi; done
 	$(PY) -m apps.gradio_app --exports exports
 
 test: install

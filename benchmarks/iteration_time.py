@@ -3,6 +3,7 @@
     python benchmarks/iteration_time.py                         # baseline vs ReMix at the demo preset
     python benchmarks/iteration_time.py --variants all          # every regularizer, alone and all together
     python benchmarks/iteration_time.py --out bench.json --rounds 5 --iters 10
+    python benchmarks/iteration_time.py --task cityscapes --variants all   # any task, at its demo preset
 
 All variants are built up front and timed in interleaved rounds (variant A, B, C, A, B, C, ...), so drifts of the
 machine's speed hit every variant alike; the report gives the median seconds per iteration of each variant and its
@@ -26,6 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from i2i.config import CONFIG_DIR, build_config  # noqa: E402
 from i2i.engine.trainer import Trainer  # noqa: E402
+from i2i.tasks import TASKS  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
     "baseline": {},
@@ -45,8 +47,8 @@ VARIANTS: dict[str, dict] = {
 DEFAULT = ["baseline", "remix", "remix p=1"]
 
 
-def build(name: str, overrides: dict, preset: Path, common: dict, workdir: Path):
-    cfg = build_config("afhq", preset, {**common, **overrides, "train.progress": False})
+def build(task: str, name: str, overrides: dict, preset: Path, common: dict, workdir: Path):
+    cfg = build_config(task, preset, {**common, **overrides, "train.progress": False})
     trainer = Trainer(cfg, workdir / name.replace(" ", "_").replace("=", ""))
     start = trainer.setup(None)
     return trainer, iter(trainer.task.train_stream(start))
@@ -55,7 +57,8 @@ def build(name: str, overrides: dict, preset: Path, common: dict, workdir: Path)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=DEFAULT, help=f"'all' or names from: {', '.join(VARIANTS)}")
-    parser.add_argument("--preset", default=str(CONFIG_DIR / "afhq_demo.yaml"))
+    parser.add_argument("--task", default="afhq", choices=sorted(TASKS))
+    parser.add_argument("--preset", help="default: configs/<task>_demo.yaml")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--iters", type=int, default=6, help="timed iterations per variant per round")
     parser.add_argument("--warmup", type=int, default=3)
@@ -69,9 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     if "baseline" not in names:
         names = ["baseline", *names]
     common = dict(item.split("=", 1) for item in args.set)
+    args.preset = args.preset or str(CONFIG_DIR / f"{args.task}_demo.yaml")
 
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {name: build(name, VARIANTS[name], Path(args.preset), common, Path(tmp)) for name in names}
+        runs = {name: build(args.task, name, VARIANTS[name], Path(args.preset), common, Path(tmp)) for name in names}
         steps = {name: 0 for name in names}
 
         def timed(name: str, n: int) -> float:
@@ -92,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     base = statistics.median(samples["baseline"])
     report = {
         "benchmark": "iteration_time",
+        "task": args.task,
         "preset": str(Path(args.preset).relative_to(REPO)) if Path(args.preset).is_relative_to(REPO) else args.preset,
         "overrides": common,
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -4,7 +4,7 @@
     python benchmarks/limited_data.py --report-only          # only rebuild the report from finished runs
     nohup python benchmarks/limited_data.py > study.log &    # the whole study, in the background (resumable)
 
-A task is one `StudyEntry`: its preset, its methods (flag sets), the data fractions and which methods run at each,
+A task is one `StudyEntry`: its preset, its methods (flag sets), its data settings and which methods run in each,
 the seeds, how a checkpoint is evaluated, and which metrics the report shows. The script only schedules: each run is
 a normal run folder (`python -m i2i.train`, `--resume auto`, so an interrupted run continues where it stopped), each
 saved checkpoint is scored by the task's evaluator (`RUN/eval/curve/iter_NNNNNN.json`; the last one also as
@@ -45,11 +45,19 @@ class Metric:
 
 
 @dataclass(frozen=True)
+class Setting:
+    """A data setting of a study: its flags of python -m i2i.train and the methods run in it."""
+
+    flags: list[str]
+    methods: list[str]
+
+
+@dataclass(frozen=True)
 class StudyEntry:
     task: str
     preset: Path
     methods: dict[str, list[str]]  # method name -> extra flags of python -m i2i.train
-    fractions: dict[float, list[str]]  # data fraction -> the methods run at it
+    settings: dict[str, Setting]  # e.g. "frac0.1" -> 10% of the data, with all methods
     seeds: tuple[int, ...]
     evaluate: Callable[[Path, Path, Path, int], list[str]]  # (run, checkpoint, out, threads) -> command
     metrics: tuple[Metric, ...]
@@ -63,6 +71,26 @@ def afhq_evaluation(run: Path, checkpoint: Path, out: Path, threads: int) -> lis
             "--out", str(out), "--backbone", "proxy", "--allow-random-lpips", "--num-outs", "5", "--no-progress",
             "--device", "cpu", "--cache-dir", str(REPO / "runs" / "study" / ".eval-cache")]
 
+
+def cityscapes_evaluation(run: Path, checkpoint: Path, out: Path, threads: int) -> list[str]:
+    """SPADE's protocol with a proxy segmenter trained on the procedural photos (mIoU†, accuracy†, FID†)."""
+    return [sys.executable, "-m", "evaluators", "cityscapes", "--run", str(run), "--checkpoint", str(checkpoint),
+            "--out", str(out), "--segmenter", "proxy", "--segmenter-steps", "300", "--backbone", "proxy",
+            "--no-progress", "--device", "cpu", "--cache-dir", str(REPO / "runs" / "study" / ".eval-cache")]
+
+
+def nirvis_evaluation(run: Path, checkpoint: Path, out: Path, threads: int) -> list[str]:
+    """Recognition via generation with the run's encoder (trained on the procedural identities: Rank-1†, VR†)."""
+    return [sys.executable, "-m", "evaluators", "nirvis", "--run", str(run), "--checkpoint", str(checkpoint),
+            "--out", str(out), "--no-progress", "--device", "cpu"]
+
+
+FEATURE_MIX_METHODS = {
+    "baseline": [],
+    "remix": ["--remix"],
+    "wm": ["--feature-mix", "wm"],
+    "mixup-target": ["--feature-mix", "mixup"],
+}
 
 AFHQ_METHODS = {
     "baseline": [],
@@ -87,7 +115,8 @@ ENTRIES: dict[str, StudyEntry] = {
         task="afhq",
         preset=REPO / "configs" / "afhq_study.yaml",
         methods=AFHQ_METHODS,
-        fractions={0.1: [m for m in AFHQ_METHODS], 1.0: ["baseline", "remix"]},
+        settings={"frac0.1": Setting(["--data-frac", "0.1"], list(AFHQ_METHODS)),
+                  "frac1": Setting(["--data-frac", "1.0"], ["baseline", "remix"])},
         seeds=(0, 1, 2),
         evaluate=afhq_evaluation,
         metrics=(Metric("latent FID†", ("latent", "fid"), "lower"),
@@ -99,6 +128,29 @@ ENTRIES: dict[str, StudyEntry] = {
                  Metric("latent LPIPS‡", ("latent", "lpips"), "higher")),
         result_name="afhq",
     ),
+    "cityscapes": StudyEntry(
+        task="cityscapes",
+        preset=REPO / "configs" / "cityscapes_study.yaml",
+        methods=FEATURE_MIX_METHODS,
+        settings={"frac0.1": Setting(["--data-frac", "0.1"], list(FEATURE_MIX_METHODS))},
+        seeds=(0, 1, 2),
+        evaluate=cityscapes_evaluation,
+        metrics=(Metric("mIoU†", ("miou",), "higher"), Metric("accuracy†", ("accuracy",), "higher"),
+                 Metric("FID†", ("fid",), "lower")),
+        result_name="cityscapes",
+    ),
+    "nirvis": StudyEntry(
+        task="nirvis",
+        preset=REPO / "configs" / "nirvis_study.yaml",
+        methods=FEATURE_MIX_METHODS,
+        settings={"frac0.1": Setting(["--data-frac", "0.1"], list(FEATURE_MIX_METHODS)),
+                  "one-pair": Setting(["--pairs", "one"], list(FEATURE_MIX_METHODS))},
+        seeds=(0, 1, 2),
+        evaluate=nirvis_evaluation,
+        metrics=(Metric("Rank-1†", ("rank1",), "higher"), Metric("VR@FAR=1%†", ("vr_far_1e-2",), "higher"),
+                 Metric("VR@FAR=0.1%†", ("vr_far_1e-3",), "higher")),
+        result_name="nirvis",
+    ),
 }
 
 
@@ -109,13 +161,13 @@ def slug(text: str) -> str:
 @dataclass(frozen=True)
 class Job:
     entry: StudyEntry
-    frac: float
+    setting: str
     method: str
     seed: int
 
     @property
     def run_dir(self) -> Path:
-        return REPO / "runs" / "study" / self.entry.task / f"frac{self.frac:g}" / slug(self.method) / f"seed{self.seed}"
+        return REPO / "runs" / "study" / self.entry.task / self.setting / slug(self.method) / f"seed{self.seed}"
 
     @property
     def final(self) -> Path:
@@ -140,8 +192,9 @@ def run_job(job: Job, threads: int) -> str:
     start = time.perf_counter()
     log = job.run_dir / "study.log"
     train = [sys.executable, "-m", "i2i.train", "--task", job.entry.task, "--config", str(job.entry.preset),
-             "--run-dir", str(job.run_dir), "--resume", "auto", "--seed", str(job.seed), "--data-frac", str(job.frac),
-             "--train.progress", "false", *job.entry.extra_train_flags, *job.entry.methods[job.method]]
+             "--run-dir", str(job.run_dir), "--resume", "auto", "--seed", str(job.seed),
+             *job.entry.settings[job.setting].flags, "--train.progress", "false", *job.entry.extra_train_flags,
+             *job.entry.methods[job.method]]
     _run(train, log, threads)
     trained = time.perf_counter() - start
     checkpoints = sorted((job.run_dir / "checkpoints").glob("*.pt"))
@@ -179,14 +232,19 @@ def _value(result: dict, metric: Metric) -> float | None:
 
 
 def _curves(entry: StudyEntry, jobs: Sequence[Job]) -> dict:
-    """{frac: {method: {seed: [(iteration, result), ...]}}} of the scored checkpoints."""
+    """{setting: {method: {seed: [(iteration, result), ...]}}} of the scored checkpoints."""
     curves: dict = {}
     for job in jobs:
         files = sorted((job.run_dir / "eval" / "curve").glob("iter_*.json"))
         if files and job.final.is_file():
             points = [json.loads(f.read_text()) for f in files]
-            curves.setdefault(job.frac, {}).setdefault(job.method, {})[job.seed] = [(p["iteration"], p) for p in points]
+            curves.setdefault(job.setting, {}).setdefault(job.method, {})[job.seed] = [(p["iteration"], p)
+                                                                                     for p in points]
     return curves
+
+
+def _final(job: Job) -> dict:
+    return {**json.loads(job.final.read_text()), "study_method": job.method, "study_setting": job.setting}
 
 
 def paired_comparison(method: list[float], baseline: list[float]) -> dict:
@@ -221,14 +279,15 @@ def report(entry: StudyEntry, jobs: Sequence[Job], out_dir: Path) -> dict:
     from evaluators.tables import render_table
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    finals = [json.loads(j.final.read_text()) for j in jobs if j.final.is_file()]
+    finals = [_final(j) for j in jobs if j.final.is_file()]
     if not finals:
         return {}
     for fmt in ("md", "csv"):
-        (out_dir / f"{entry.task}_table.{fmt}").write_text(render_table(finals, fmt, group_by="study_method"))
+        (out_dir / f"{entry.task}_table.{fmt}").write_text(render_table(finals, fmt, group_by="study_method",
+                                                                          split_by="study_setting"))
     curves = _curves(entry, jobs)
-    summary: dict = {"task": entry.task, "seeds": list(entry.seeds), "fractions": {}}
-    for frac, methods in curves.items():
+    summary: dict = {"task": entry.task, "seeds": list(entry.seeds), "settings": {}}
+    for setting, methods in curves.items():
         block: dict = {}
         baseline_runs = methods.get("baseline", {})
         for method, seeds in methods.items():
@@ -248,15 +307,15 @@ def report(entry: StudyEntry, jobs: Sequence[Job], out_dir: Path) -> dict:
                         cell["vs_baseline"] = paired_comparison(mine, base)
                 row[metric.label] = cell
             block[method] = row
-        summary["fractions"][f"{frac:g}"] = block
-        _plot_curves(plt, entry, frac, methods, out_dir)
-        _plot_bars(plt, entry, frac, block, out_dir)
+        summary["settings"][setting] = block
+        _plot_curves(plt, entry, setting, methods, out_dir)
+        _plot_bars(plt, entry, setting, block, out_dir)
     (out_dir / f"{entry.task}_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out_dir / f"{entry.task}_comparison.md").write_text(_comparison_md(entry, summary))
     return summary
 
 
-def _plot_curves(plt, entry: StudyEntry, frac: float, methods: dict, out_dir: Path) -> None:
+def _plot_curves(plt, entry: StudyEntry, setting: str, methods: dict, out_dir: Path) -> None:
     import numpy as np
 
     shown = entry.metrics[:6]
@@ -278,13 +337,13 @@ def _plot_curves(plt, entry: StudyEntry, frac: float, methods: dict, out_dir: Pa
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=7, ncol=2)
-    fig.suptitle(f"{entry.task}: {frac:g} of the training data, mean over {len(entry.seeds)} seeds (band: min-max)")
+    fig.suptitle(f"{entry.task}, {setting}: mean over {len(entry.seeds)} seeds (band: min-max)")
     fig.tight_layout()
-    fig.savefig(out_dir / f"{entry.task}_curves_frac{frac:g}.png", dpi=90)
+    fig.savefig(out_dir / f"{entry.task}_curves_{setting}.png", dpi=90)
     plt.close(fig)
 
 
-def _plot_bars(plt, entry: StudyEntry, frac: float, block: dict, out_dir: Path) -> None:
+def _plot_bars(plt, entry: StudyEntry, setting: str, block: dict, out_dir: Path) -> None:
     shown = [m for m in entry.metrics[:6]]
     methods = sorted(block, key=lambda m: (m != "baseline", m))
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5), squeeze=False)
@@ -298,9 +357,9 @@ def _plot_bars(plt, entry: StudyEntry, frac: float, block: dict, out_dir: Path) 
         ax.set_xticks(range(len(present)), present, rotation=60, ha="right", fontsize=7)
         ax.set_title(metric.label + (" ↓" if metric.better == "lower" else " ↑"))
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"{entry.task}: final checkpoint, {frac:g} of the data, mean ± std over seeds")
+    fig.suptitle(f"{entry.task}, {setting}: final checkpoint, mean ± std over seeds")
     fig.tight_layout()
-    fig.savefig(out_dir / f"{entry.task}_bars_frac{frac:g}.png", dpi=90)
+    fig.savefig(out_dir / f"{entry.task}_bars_{setting}.png", dpi=90)
     plt.close(fig)
 
 
@@ -309,8 +368,8 @@ def _comparison_md(entry: StudyEntry, summary: dict) -> str:
              "Paired by seed (same data subset and initialisation); 95% t-interval of the mean difference; Welch's "
              "two-sided p over the seeds as a check. n = number of seed pairs. Improvement means lower FID, higher "
              "target accuracy / content / LPIPS.", ""]
-    for frac, block in summary["fractions"].items():
-        lines += [f"## data fraction {frac}", "", "| method | " + " | ".join(m.label for m in entry.metrics) + " |",
+    for setting, block in summary["settings"].items():
+        lines += [f"## {setting}", "", "| method | " + " | ".join(m.label for m in entry.metrics) + " |",
                   "|---|" + "---|" * len(entry.metrics)]
         for method in sorted(block, key=lambda m: (m != "baseline", m)):
             cells = []
@@ -338,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=list(ENTRIES), choices=list(ENTRIES))
     parser.add_argument("--methods", nargs="+", help="only these methods (default: the entry's)")
-    parser.add_argument("--fractions", nargs="+", type=float, help="only these data fractions")
+    parser.add_argument("--settings", nargs="+", help="only these settings (e.g. frac0.1)")
     parser.add_argument("--seeds", nargs="+", type=int, help="only these seeds")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
@@ -347,16 +406,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for name in args.tasks:
         entry = ENTRIES[name]
-        jobs = [Job(entry, frac, method, seed)
-                for frac, methods in entry.fractions.items() if args.fractions is None or frac in args.fractions
+        jobs = [Job(entry, name, method, seed)
+                for name, setting in entry.settings.items() if args.settings is None or name in args.settings
                 for seed in (args.seeds or entry.seeds)
-                for method in methods if args.methods is None or method in args.methods]
+                for method in setting.methods if args.methods is None or method in args.methods]
         if not args.report_only:
             with ThreadPoolExecutor(max_workers=args.jobs) as pool:
                 for status in pool.map(lambda job: _safe(run_job, job, args.threads), jobs):
                     print(time.strftime("%H:%M:%S"), status, flush=True)
-        all_jobs = [Job(entry, frac, method, seed) for frac, methods in entry.fractions.items()
-                    for seed in entry.seeds for method in methods]
+        all_jobs = [Job(entry, name, method, seed) for name, setting in entry.settings.items()
+                    for seed in entry.seeds for method in setting.methods]
         summary = report(entry, all_jobs, args.out)
         print(f"{name}: report in {args.out} ({sum(j.final.is_file() for j in all_jobs)} of {len(all_jobs)} runs done)"
               if summary else f"{name}: no finished runs yet")

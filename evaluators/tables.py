@@ -19,7 +19,7 @@ import math
 import statistics as stats
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -317,8 +317,10 @@ def _json(table: Table) -> dict:
             "footnotes": _footnotes(table)}
 
 
-def render_table(results: Sequence[dict], fmt: str = "md", *, group_by: str = "method", task: str | None = None) -> str:
-    """Renders the table of every task present in `results` (or only `task`) as "md", "csv" or "json" text."""
+def render_table(results: Sequence[dict], fmt: str = "md", *, group_by: str = "method", task: str | None = None,
+                 split_by: str | None = None) -> str:
+    """Renders the table of every task present in `results` (or only `task`) as "md", "csv" or "json" text;
+    `split_by` overrides the field whose values make the column blocks (default: the spec's, data_frac)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown table format '{fmt}'; expected one of {FORMATS}")
     if not results:
@@ -329,7 +331,8 @@ def render_table(results: Sequence[dict], fmt: str = "md", *, group_by: str = "m
     unknown = [t for t in tasks if t not in TABLES]
     if unknown:
         raise ValueError(f"no table defined for task(s) {unknown}; known tasks: {sorted(TABLES)}")
-    tables = [build_table([r for r in results if r["task"] == t], TABLES[t], group_by) for t in tasks]
+    specs = {t: TABLES[t] if split_by is None else replace(TABLES[t], split_by=split_by) for t in tasks}
+    tables = [build_table([r for r in results if r["task"] == t], specs[t], group_by) for t in tasks]
     tables = [t for t in tables if t.rows]
     if not tables:
         raise ValueError(f"no results for task {task!r}")
