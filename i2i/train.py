@@ -34,7 +34,8 @@ def _parser(task: str | None) -> argparse.ArgumentParser:
     """The full parser for `task`; with task None, the first pass that only finds --task/--config/--resume."""
     parser = argparse.ArgumentParser(prog="python -m i2i.train", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter, add_help=task is not None)
-    parser.add_argument("--task", choices=sorted(TASKS), default=task, help="translation task (default: afhq)")
+    parser.add_argument("--task", choices=sorted(TASKS), default=task,
+                        help="translation task (default: the --config preset's, else afhq)")
     parser.add_argument("--config", metavar="YAML", help="preset file (default: configs/<task>.yaml)")
     parser.add_argument("--run-dir", metavar="DIR", help="output folder (default: runs/<task>-<method>-<time>)")
     parser.add_argument("--resume", metavar="PATH|auto", help="continue a run from a checkpoint")
@@ -69,7 +70,8 @@ def resolve(argv: list[str] | None):
         run_dir, ckpt = resolve_resume(known.resume, known.run_dir)
         if (run_dir / "config.yaml").exists() and ckpt is not None:
             saved = load_yaml(run_dir / "config.yaml")
-    task = known.task or (saved or {}).get("task", "afhq")
+    preset_task = load_yaml(known.config).get("task") if known.config and saved is None else None
+    task = known.task or (saved or {}).get("task") or preset_task or "afhq"
     args = _parser(task).parse_args(argv)
     overrides = overrides_from_args(args)
     if saved is not None:

@@ -76,3 +76,13 @@ def test_missing_dataset_and_bad_flag_give_clear_errors(tmp_path):
     assert bad.returncode == 2 and "none, mixup, cutmix, srmix" in bad.stderr and "Traceback" not in bad.stderr
     auto = run_cli(["--resume", "auto"])
     assert auto.returncode == 2 and "--resume auto needs --run-dir" in auto.stderr
+
+
+def test_the_task_comes_from_the_preset(tmp_path):
+    from i2i.config import CONFIG_DIR
+    from i2i.train import resolve
+
+    for task in ("cityscapes", "nirvis"):
+        cfg, run_dir, checkpoint = resolve(["--config", str(CONFIG_DIR / f"{task}_demo.yaml"),
+                                            "--run-dir", str(tmp_path / task)])
+        assert cfg.task == task and checkpoint is None

@@ -33,7 +33,7 @@ class EncoderTraining:
 
     img_size: int  # faces are loaded at the task's size, then resized to LightCNN's 128 like generator outputs
     steps: int = 600
-    batch_size: int = 32
+    batch_size: int = 16
     lr: float = 1e-3
     seed: int = 0
 

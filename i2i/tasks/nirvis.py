@@ -12,6 +12,7 @@ t = the paired VIS photo, and the L1 loss takes the relative form.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ class NIRVISModelConfig:
     encoder_weights: str | None = None  # LightCNN_29Layers_V2_checkpoint.pth.tar; None: the weight registry
     pretrain_encoder: bool = False  # without the file: train a LightCNN-29v2 on the training identities (cached)
     encoder_steps: int = 600
+    cache_codes: bool = True  # the encoder is frozen: remember each training face's code (exact; saves its forward)
 
 
 @dataclass
@@ -139,9 +141,18 @@ class NIRVISTask(Task):
         return [Branch("main", batch, g_nets=("generator",), cond_fake=None, step=step)]
 
     def code(self, nir: Tensor) -> Tensor:
-        """G1: the frozen LightCNN feature (N, 256) of NIR faces (N, 1, S, S) in [-1, 1]."""
+        """G1: the frozen LightCNN feature (N, 256) of NIR faces (N, 1, S, S) in [-1, 1]. With model.cache_codes the
+        feature of a face seen before (same pixels, e.g. the same file and flip) is taken from memory."""
+        encode = lambda x: self.nets["encoder"].embed(faces_to_lightcnn_input(x))
         with torch.no_grad():
-            return self.nets["encoder"].embed(faces_to_lightcnn_input(nir))
+            if not self.cfg.model.cache_codes:
+                return encode(nir)
+            cache = self.__dict__.setdefault("_codes", {})
+            keys = [hashlib.sha1(face.cpu().numpy().tobytes()).digest() for face in nir]
+            for i, key in enumerate(keys):
+                if key not in cache:  # one face at a time: the value must not depend on the batch it came in
+                    cache[key] = encode(nir[i:i + 1])[0]
+            return torch.stack([cache[key] for key in keys])
 
     def encode(self, branch: Branch) -> Codes:
         return Codes(self.code(branch.inputs["nir"]), lambda: self.code(branch.inputs["nir2"]))
