@@ -46,7 +46,8 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     total_iters: int = 100_000
-    batch_size: int = 8
+    batch_size: int = 8  # the global batch (split over the ranks under torchrun)
+    batch_per_rank: int | None = None  # under torchrun: the batch of each rank instead (global = this x ranks)
     seed: int = 777
     device: str = "auto"  # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
     amp: bool = False  # bfloat16 autocast on CUDA; ignored on CPU

@@ -156,18 +156,43 @@ def eval_transform(image: Image.Image, img_size: int) -> torch.Tensor:
     return to_normalized_tensor(resize_square(image, img_size))
 
 
+def augment_params(width: int, height: int, rng: np.random.Generator, rrc_prob: float = 0.5
+                   ) -> tuple[tuple[int, int, int, int] | None, bool]:
+    """The draws of `train_transform` for an image of this size, in its order: (crop box or None, flip)."""
+    crop = random_resized_crop_box(width, height, rng) if rng.random() < rrc_prob else None
+    return crop, bool(rng.random() < 0.5)
+
+
+def apply_augment(image: Image.Image, img_size: int, crop: tuple[int, int, int, int] | None, flip: bool) -> torch.Tensor:
+    if crop is not None:
+        image = TF.resized_crop(image, *crop, [img_size, img_size], interpolation=InterpolationMode.BILINEAR,
+                                antialias=True)
+    image = resize_square(image, img_size)
+    return to_normalized_tensor(TF.hflip(image) if flip else image)
+
+
 def train_transform(image: Image.Image, img_size: int, rng: np.random.Generator, rrc_prob: float = 0.5) -> torch.Tensor:
     """Official StarGAN v2 training augmentation with all draws from `rng`: with probability `rrc_prob` a
     RandomResizedCrop(S, scale 0.8-1, ratio 0.9-1.1), then Resize((S, S)), a horizontal flip with probability 0.5,
     ToTensor, Normalize(0.5, 0.5). RGB PIL image -> (3, S, S) float32 in [-1, 1]."""
-    if rng.random() < rrc_prob:
-        top, left, crop_h, crop_w = random_resized_crop_box(image.width, image.height, rng)
-        image = TF.resized_crop(image, top, left, crop_h, crop_w, [img_size, img_size],
-                                interpolation=InterpolationMode.BILINEAR, antialias=True)
-    image = resize_square(image, img_size)
-    if rng.random() < 0.5:
-        image = TF.hflip(image)
-    return to_normalized_tensor(image)
+    return apply_augment(image, img_size, *augment_params(image.width, image.height, rng, rrc_prob))
+
+
+def shard_slice(batch_size: int, shard: tuple[int, int]) -> slice:
+    """The samples of rank `shard[0]` of `shard[1]` in a global batch (equal contiguous parts)."""
+    rank, world = shard
+    if world < 1 or not 0 <= rank < world or batch_size % world:
+        raise ValueError(f"a global batch of {batch_size} cannot be split over {world} ranks (rank {rank})")
+    size = batch_size // world
+    return slice(rank * size, (rank + 1) * size)
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except Exception as error:  # reported like load_rgb does
+        raise DatasetError(f"cannot read image '{path}': {type(error).__name__}: {error}") from error
 
 
 # ----------------------------------------------------------------------------------------------------- training stream
@@ -179,17 +204,19 @@ class StepBatches(Dataset):
     only when the domain has one image); then the augmentations of x, x_ref, x_ref2, sample by sample.
     With `third_reference`, x_ref3 is a third image of y_trg (distinct from the pair when the domain has three or
     more), drawn with its augmentation from `default_rng([seed, s, 3])`: the other tensors are the same with or
-    without it.
+    without it. With `shard` (rank, world size), `batch_size` is the global batch: every draw is made for all of it
+    and only the rank's contiguous part is loaded, so the ranks' parts make up exactly the one-process batch.
     """
 
     def __init__(self, index: ImageIndex, img_size: int, batch_size: int, seed: int, rrc_prob: float = 0.5,
-                 third_reference: bool = False):
+                 third_reference: bool = False, shard: tuple[int, int] = (0, 1)):
         empty = [name for name, files in index.per_domain().items() if not files]
         if empty or not index.domains:
             raise DatasetError(f"training index under '{index.root}' has no images for domain(s) {empty or 'any'}")
         self.files_by_label = list(index.per_domain().values())
         self.img_size, self.batch_size, self.seed, self.rrc_prob = img_size, batch_size, seed, rrc_prob
         self.third_reference = third_reference
+        self.part = shard_slice(batch_size, shard)
 
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, step])
@@ -198,12 +225,13 @@ class StepBatches(Dataset):
         sources = [self._pick(rng, label, 1)[0] for label in y]
         y_trg = rng.integers(num_domains, size=self.batch_size)
         pairs = [self._pick(rng, label, 2) for label in y_trg]
+        part = self.part
         batch = {
             "x": self._load(sources, rng),
-            "y": torch.from_numpy(y).long(),
+            "y": torch.from_numpy(y[part]).long(),
             "x_ref": self._load([first for first, _ in pairs], rng),
             "x_ref2": self._load([second for _, second in pairs], rng),
-            "y_trg": torch.from_numpy(y_trg).long(),
+            "y_trg": torch.from_numpy(y_trg[part]).long(),
         }
         if self.third_reference:
             rng3 = np.random.default_rng([self.seed, step, 3])
@@ -223,7 +251,10 @@ class StepBatches(Dataset):
         return [files[i] for i in rng.choice(len(files), size=count, replace=False)]
 
     def _load(self, paths: list[Path], rng: np.random.Generator) -> torch.Tensor:
-        return torch.stack([train_transform(load_rgb(p), self.img_size, rng, self.rrc_prob) for p in paths])
+        """The shard's images of `paths`, augmented with draws made for every path in order."""
+        params = [augment_params(*_image_size(p), rng, self.rrc_prob) for p in paths]
+        return torch.stack([apply_augment(load_rgb(p), self.img_size, *a)
+                            for p, a in zip(paths[self.part], params[self.part])])
 
 
 class _CountFrom(Sampler[int]):
@@ -248,12 +279,13 @@ class AFHQTrainStream:
 
     The batch of step s depends only on (index, seed, s) (see StepBatches), so resuming at step k is constructing with
     start_step=k. Workers (num_workers > 0, persistent) build whole batches in parallel. Each `iter()` restarts at
-    start_step; use one iterator at a time. Under DDP give each rank its own seed.
+    start_step; use one iterator at a time. Under DDP each rank passes its `shard` and gets its part of the global
+    batch (which does not depend on the number of ranks).
     """
 
     def __init__(
         self, index: ImageIndex, img_size: int, batch_size: int, seed: int, start_step: int = 0,
-        num_workers: int = 0, rrc_prob: float = 0.5, third_reference: bool = False,
+        num_workers: int = 0, rrc_prob: float = 0.5, third_reference: bool = False, shard: tuple[int, int] = (0, 1),
     ):
         _check_int("img_size", img_size, minimum=1)
         _check_int("batch_size", batch_size, minimum=1)
@@ -262,7 +294,7 @@ class AFHQTrainStream:
         _check_int("num_workers", num_workers, minimum=0)
         if not 0.0 <= rrc_prob <= 1.0:
             raise ValueError(f"rrc_prob must be in [0, 1], got {rrc_prob!r}")
-        self.batches = StepBatches(index, img_size, batch_size, seed, rrc_prob, third_reference)
+        self.batches = StepBatches(index, img_size, batch_size, seed, rrc_prob, third_reference, shard)
         self.start_step = start_step
         self.loader = DataLoader(
             self.batches, batch_size=None, sampler=_CountFrom(start_step), num_workers=num_workers,

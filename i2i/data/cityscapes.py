@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from i2i.data.afhq import _CountFrom, _check_int, seeded_choice, to_normalized_tensor
+from i2i.data.afhq import _CountFrom, _check_int, seeded_choice, shard_slice, to_normalized_tensor
 from i2i.data.images import IMG_EXTENSIONS, DatasetError, load_rgb
 from i2i.data.subset import fraction_count
 from i2i.data.synthetic.streets import (CITYSCAPES_LABELS, CITYSCAPES_PALETTE, NUM_LABEL_IDS, colorize_labels,
@@ -335,20 +335,22 @@ class CityscapesStepBatches(Dataset):
 
     Draws from `numpy.random.default_rng([seed, s])`, in this order: B frames uniformly (with replacement) and B
     flips (probability 0.5) for the main batch, then the same for the second batch; the second batch's draws come
-    after the main batch's, so the main batch does not depend on `second_batch`.
+    after the main batch's, so the main batch does not depend on `second_batch`. With `shard` (rank, world size),
+    `batch_size` is the global batch and the rank's contiguous part of it is loaded.
     """
 
     def __init__(self, index: CityscapesIndex, width: int, height: int, batch_size: int, seed: int,
-                 flip: bool = True, second_batch: bool = True):
+                 flip: bool = True, second_batch: bool = True, shard: tuple[int, int] = (0, 1)):
         if not len(index):
             raise DatasetError(f"training index under '{index.root}' holds no frames")
         self.index, self.width, self.height = index, width, height
         self.batch_size, self.seed, self.flip, self.second_batch = batch_size, seed, flip, second_batch
+        self.part = shard_slice(batch_size, shard)
 
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, step])
-        draws = [(rng.integers(len(self.index), size=self.batch_size), rng.random(self.batch_size) < 0.5)
-                 for _ in range(2)]
+        draws = [(rng.integers(len(self.index), size=self.batch_size)[self.part],
+                  (rng.random(self.batch_size) < 0.5)[self.part]) for _ in range(2)]
         batch = self._load(*draws[0], suffix="")
         if self.second_batch:
             batch.update(self._load(*draws[1], suffix="2"))
@@ -376,13 +378,14 @@ class CityscapesTrainStream:
     """
 
     def __init__(self, index: CityscapesIndex, width: int, height: int, batch_size: int, seed: int,
-                 start_step: int = 0, num_workers: int = 0, flip: bool = True, second_batch: bool = True):
+                 start_step: int = 0, num_workers: int = 0, flip: bool = True, second_batch: bool = True,
+                 shard: tuple[int, int] = (0, 1)):
         _check_size(width, height)
         _check_int("batch_size", batch_size, minimum=1)
         _check_int("seed", seed, minimum=0)
         _check_int("start_step", start_step, minimum=0)
         _check_int("num_workers", num_workers, minimum=0)
-        self.batches = CityscapesStepBatches(index, width, height, batch_size, seed, flip, second_batch)
+        self.batches = CityscapesStepBatches(index, width, height, batch_size, seed, flip, second_batch, shard)
         self.start_step = start_step
         self.loader = DataLoader(
             self.batches, batch_size=None, sampler=_CountFrom(start_step), num_workers=num_workers,

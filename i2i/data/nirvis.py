@@ -31,7 +31,7 @@ import torchvision.transforms.functional as TF
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode
 
-from i2i.data.afhq import _CountFrom, _check_int, seeded_choice
+from i2i.data.afhq import _CountFrom, _check_int, seeded_choice, shard_slice
 from i2i.data.images import DatasetError, load_rgb
 from i2i.data.subset import fraction_count
 from i2i.fileio import atomic_write_text
@@ -317,16 +317,18 @@ class NIRVISStepBatches(Dataset):
     Draws from `numpy.random.default_rng([seed, s])`, in this order, for the main batch: B NIR images uniformly over
     all training NIR images (with replacement), for each a VIS image of its identity uniformly, then B flips; then
     the same for the second batch. The second batch's draws come after the main batch's, so the main batch does not
-    depend on `second_batch`.
+    depend on `second_batch`. With `shard` (rank, world size), `batch_size` is the global batch and the rank's
+    contiguous part of it is loaded.
     """
 
     def __init__(self, train_set: NIRVISTrainSet, img_size: int, batch_size: int, seed: int, flip: bool = True,
-                 second_batch: bool = True, nir_channels: int = 1):
+                 second_batch: bool = True, nir_channels: int = 1, shard: tuple[int, int] = (0, 1)):
         if not len(train_set):
             raise DatasetError(f"NIR-VIS training set under '{train_set.root}' holds no identities")
         self.train_set, self.nir_files = train_set, train_set.nir_files
         self.img_size, self.batch_size, self.seed = img_size, batch_size, seed
         self.flip, self.second_batch, self.nir_channels = flip, second_batch, nir_channels
+        self.part = shard_slice(batch_size, shard)
 
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, step])
@@ -336,7 +338,8 @@ class NIRVISStepBatches(Dataset):
             identities = [self.nir_files[i][0] for i in picks]
             partners = [self.train_set.vis[k][rng.integers(len(self.train_set.vis[k]))] for k in identities]
             flips = rng.random(self.batch_size) < 0.5
-            draws.append(([self.nir_files[i][1] for i in picks], partners, identities, flips))
+            part = self.part  # all draws are made for the global batch; the rank loads its part
+            draws.append(([self.nir_files[i][1] for i in picks][part], partners[part], identities[part], flips[part]))
         batch = self._load(*draws[0], suffix="")
         if self.second_batch:
             batch.update(self._load(*draws[1], suffix="2"))
@@ -375,7 +378,8 @@ class NIRVISTrainStream:
     """
 
     def __init__(self, train_set: NIRVISTrainSet, img_size: int, batch_size: int, seed: int, start_step: int = 0,
-                 num_workers: int = 0, flip: bool = True, second_batch: bool = True, nir_channels: int = 1):
+                 num_workers: int = 0, flip: bool = True, second_batch: bool = True, nir_channels: int = 1,
+                 shard: tuple[int, int] = (0, 1)):
         _check_int("img_size", img_size, minimum=1)
         _check_int("batch_size", batch_size, minimum=1)
         _check_int("seed", seed, minimum=0)
@@ -383,7 +387,8 @@ class NIRVISTrainStream:
         _check_int("num_workers", num_workers, minimum=0)
         if nir_channels not in (1, 3):
             raise ValueError(f"nir_channels must be 1 (grey) or 3, got {nir_channels!r}")
-        self.batches = NIRVISStepBatches(train_set, img_size, batch_size, seed, flip, second_batch, nir_channels)
+        self.batches = NIRVISStepBatches(train_set, img_size, batch_size, seed, flip, second_batch, nir_channels,
+                                         shard)
         self.start_step = start_step
         self.loader = DataLoader(
             self.batches, batch_size=None, sampler=_CountFrom(start_step), num_workers=num_workers,

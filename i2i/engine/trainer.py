@@ -23,8 +23,10 @@ import torch
 from torch import Tensor, nn
 from torchvision.utils import save_image
 
-from i2i.config import Config, save_config
-from i2i.engine.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from i2i.config import Config, ConfigError, save_config
+from i2i.engine import distributed
+from i2i.engine.checkpoint import (capture_rng, checkpoint_path, latest_checkpoint, load_checkpoint, restore_rng,
+                                   save_checkpoint)
 from i2i.engine.logging import RunLogger
 from i2i.mixing import Regularizers
 from i2i.tasks import task_class
@@ -73,6 +75,15 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, device: torch.device | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        self.dist = distributed.from_environment()
+        if self.dist.enabled and cfg.train.batch_per_rank is not None:
+            cfg.train.batch_size = cfg.train.batch_per_rank * self.dist.world  # the global batch
+        if cfg.train.batch_size % self.dist.world or cfg.train.batch_size < 2 * self.dist.world:
+            raise ConfigError(f"train.batch_size: the global batch {cfg.train.batch_size} does not split over "
+                              f"{self.dist.world} ranks into parts of >= 2 (ReMix, the mixers and R1 need pairs); "
+                              f"use a multiple of {2 * self.dist.world} or train.batch_per_rank")
+        if device is None and self.dist.enabled and torch.cuda.is_available() and cfg.train.device in ("auto", "cuda"):
+            device = torch.device("cuda", self.dist.local_rank)
         self.device = device or select_device(cfg.train.device)
         if self.device.type == "cpu":
             # Denormal floats appear in these nets' gradients early in training and make x86 CPUs up to 100x slower
@@ -80,6 +91,7 @@ class Trainer:
             # below 1e-38 only.
             torch.set_flush_denormal(True)
         self.task: Task = task_class(cfg.task)(cfg, self.device)
+        self.task.shard = self.dist.shard
         self.stop_requested: str | None = None  # the signal that stopped the run, if any
         self.last_checkpoint: Path | None = None
         self.iteration = 0
@@ -88,30 +100,48 @@ class Trainer:
     def setup(self, resume_from: Path | None) -> int:
         """Builds data, nets, EMA, optimisers and regularizers; loads `resume_from`. Returns the start iteration."""
         cfg, task = self.cfg, self.task
-        torch.manual_seed(cfg.train.seed)
+        torch.manual_seed(cfg.train.seed)  # the same on every rank: identical initial weights and random draws
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        task.prepare_data(self.run_dir, resume=resume_from is not None)
-        save_config(cfg, self.run_dir / "config.yaml")
-        nets = task.build()
-        if cfg.train.channels_last:
-            for net in nets.values():
-                to_channels_last(net)
-        if cfg.train.ema_start == "official":  # the copy keeps PyTorch's default init, as clovaai/stargan-v2 does
-            ema_nets = {n: copy.deepcopy(nets[n]) for n in task.ema_net_names}
-            task.initialize(nets)
-        else:
-            task.initialize(nets)
-            ema_nets = {n: copy.deepcopy(nets[n]) for n in task.ema_net_names}
+        with self._main_rank_first():  # one rank generates a missing procedural set or pretrains an encoder
+            task.prepare_data(self.run_dir, resume=resume_from is not None)
+            if self.dist.is_main:
+                save_config(cfg, self.run_dir / "config.yaml")
+            nets = task.build()
+            if self.dist.enabled:
+                for name in task.sync_batchnorm_nets:
+                    nets[name] = task.nets[name] = distributed.sync_batchnorm(nets[name], self.device)
+            if cfg.train.channels_last:
+                for net in nets.values():
+                    to_channels_last(net)
+            if cfg.train.ema_start == "official":  # the copy keeps PyTorch's default init, as clovaai/stargan-v2 does
+                ema_nets = {n: copy.deepcopy(nets[n]) for n in task.ema_net_names}
+                task.initialize(nets)
+            else:
+                task.initialize(nets)
+                ema_nets = {n: copy.deepcopy(nets[n]) for n in task.ema_net_names}
         self.ema = EMA(ema_nets, cfg.train.ema_beta)
         self.optimizers = task.optimizers()
         self.base_lrs = {name: [group["lr"] for group in opt.param_groups] for name, opt in self.optimizers.items()}
         self.regs = Regularizers.from_config(cfg, task)
+        if self.dist.enabled:  # ReMix's a is averaged over the ranks, so every rank keeps the same a_bar
+            self.regs.feature_mix.reduce = distributed.mean_over_ranks
         start = 0
         if resume_from is not None:
             start = self.load_state(load_checkpoint(resume_from))
             self.last_checkpoint = resume_from
         self.sample_inputs = task.sample_inputs()
+        if self.dist.enabled:
+            distributed.check_identical(self.task.nets)
         return start
+
+    @contextmanager
+    def _main_rank_first(self):
+        """Rank 0 runs the block first; the other ranks wait, then run it (finding its files made)."""
+        if self.dist.enabled and not self.dist.is_main:
+            distributed.barrier()
+        yield
+        if self.dist.enabled and self.dist.is_main:
+            distributed.barrier()
 
     def state(self, iteration: int) -> dict:
         return {
@@ -152,10 +182,13 @@ class Trainer:
         return codes, self.task.decode(e, branch)
 
     def optimize(self, loss: Tensor, logs: dict[str, float], net_names: tuple[str, ...], step: int) -> None:
-        check_finite(logs, step, self.last_checkpoint)
+        check_finite(logs, step, self.last_checkpoint, self.dist.enabled)
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.dist.enabled:
+            distributed.average_gradients([p for n in net_names for p in self.task.nets[n].parameters()],
+                                          self.dist.world)
         for name in net_names:
             self.optimizers[name].step()
 
@@ -223,6 +256,9 @@ class Trainer:
                 logs.update(self.d_step(branch, step))
             for branch in branches:
                 logs.update(self.g_step(branch, step))
+        if self.dist.enabled and self.device.type == "cpu":  # no SyncBatchNorm on the CPU: share running statistics
+            for name in self.task.sync_batchnorm_nets:
+                distributed.average_buffers(self.task.nets[name], self.dist.world)
         self.ema.update(self.task.nets)
         if self.regs.feature_mix.method == "remix":
             for key, value in self.regs.feature_mix.a_bars.items():
@@ -234,22 +270,24 @@ class Trainer:
         train = self.cfg.train
         self.iteration = self.setup(resume_from)
         stream = iter(self.task.train_stream(self.iteration))
-        logger = RunLogger(self.run_dir)
-        progress = _progress(self.iteration, train.total_iters, train.progress, f"{self.cfg.task} [{self.cfg.method}]")
+        main = self.dist.is_main
+        logger = RunLogger(self.run_dir) if main else None
+        progress = _progress(self.iteration, train.total_iters, train.progress and main,
+                             f"{self.cfg.task} [{self.cfg.method}]")
         logged_at, tic = self.iteration, time.perf_counter()
         try:
             with self._signals():
-                while self.iteration < train.total_iters and self.stop_requested is None:
+                while self.iteration < train.total_iters and not self._stopping():
                     logs = self.train_iteration(next(stream), self.iteration)
                     self.iteration += 1
                     progress.update(1)
                     step, last = self.iteration, self.iteration == train.total_iters
-                    if step % train.log_every == 0 or last:
+                    if main and (step % train.log_every == 0 or last):
                         seconds = (time.perf_counter() - tic) / (step - logged_at)
                         logger.log(step, logs, sec_per_iter=round(seconds, 4))
                         progress.set_postfix(_brief(logs), refresh=False)
                         logged_at, tic = step, time.perf_counter()
-                    if step % train.sample_every == 0 or last:
+                    if main and (step % train.sample_every == 0 or last):
                         self.write_samples(step)
                     if step % train.save_every == 0 or last:
                         self.save(step)
@@ -257,11 +295,25 @@ class Trainer:
                 self.save(self.iteration)
         finally:
             progress.close()
-            logger.close()
+            if logger is not None:
+                logger.close()
         return self.last_checkpoint
 
+    def _stopping(self) -> bool:
+        """A signal reached this process (or, under torchrun, any rank: all ranks stop at the same iteration)."""
+        if self.dist.enabled:
+            return distributed.mean_over_ranks(self.stop_requested is not None) > 0
+        return self.stop_requested is not None
+
     def save(self, step: int) -> None:
-        self.last_checkpoint = save_checkpoint(self.run_dir, self.state(step), self.cfg.train.keep_checkpoints)
+        """Rank 0 writes the checkpoint (after checking that every rank holds the same weights)."""
+        if self.dist.enabled:
+            distributed.check_identical(self.task.nets | {f"ema/{n}": m for n, m in self.ema.nets.items()})
+        if self.dist.is_main:
+            self.last_checkpoint = save_checkpoint(self.run_dir, self.state(step), self.cfg.train.keep_checkpoints)
+        distributed.barrier()
+        if not self.dist.is_main:
+            self.last_checkpoint = checkpoint_path(self.run_dir, step)
 
     def last_checkpoint_iteration(self) -> int | None:
         latest = latest_checkpoint(self.run_dir)
@@ -303,12 +355,15 @@ def to_channels_last(net: nn.Module) -> None:
             tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
 
 
-def check_finite(values: dict[str, float], step: int, last_checkpoint: Path | None) -> None:
-    """Raises TrainingDiverged naming the first non-finite value (components come before their total)."""
-    for name, value in values.items():
-        if not math.isfinite(value):
-            kept = f"the last good checkpoint is '{last_checkpoint}'" if last_checkpoint else "no checkpoint was written yet"
-            raise TrainingDiverged(f"loss '{name}' is {value} at iteration {step + 1}; stopped before updating, {kept}")
+def check_finite(values: dict[str, float], step: int, last_checkpoint: Path | None, all_ranks: bool = False) -> None:
+    """Raises TrainingDiverged naming the first non-finite value (components come before their total); with
+    `all_ranks`, every rank raises when any rank's values are not finite (none may wait in a collective)."""
+    bad = next(((name, value) for name, value in values.items() if not math.isfinite(value)), None)
+    if all_ranks and distributed.mean_over_ranks(bad is not None) > 0 and bad is None:
+        bad = ("(on another rank)", float("nan"))
+    if bad is not None:
+        kept = f"the last good checkpoint is '{last_checkpoint}'" if last_checkpoint else "no checkpoint was written yet"
+        raise TrainingDiverged(f"loss '{bad[0]}' is {bad[1]} at iteration {step + 1}; stopped before updating, {kept}")
 
 
 def _floats(logs: dict[str, Any], prefix: str) -> dict[str, float]:

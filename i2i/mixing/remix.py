@@ -124,6 +124,7 @@ class FeatureMix:
         self.branches = None if branches is None else tuple(branches)  # None: every branch mixes
         self.a_bars: dict[str, float] = {}
         self.rng = np.random.default_rng(seed)
+        self.reduce: Callable[[float], float] = float  # under DDP: the mean over the ranks
 
     @classmethod
     def from_config(cls, remix_cfg, seed: int) -> "FeatureMix":
@@ -198,7 +199,7 @@ class FeatureMix:
             perm = torch.from_numpy(derangement(_batch_size(phi_s), self.rng))
             a = distance(_detach(phi_s), _detach(index_cond(phi_t2, perm))).mean()
         logs.update(l_p=l_p.detach(), l_n=l_n.detach(), a=a, a_bar=torch.tensor(a_bar))
-        self.a_bars[key] = update_a_bar(a_bar, float(a), self.momentum, self.momentum_form)
+        self.a_bars[key] = update_a_bar(a_bar, self.reduce(float(a)), self.momentum, self.momentum_form)
         return l_p + l_n, logs
 
     def state_dict(self) -> dict:

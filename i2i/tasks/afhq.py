@@ -163,7 +163,7 @@ class AFHQTask(Task):
         d, t = self.cfg.data, self.cfg.train
         return iter(AFHQTrainStream(self.train_index, d.img_size, t.batch_size, t.seed, start_step=start_step,
                                     num_workers=d.num_workers, rrc_prob=d.rrc_prob,
-                                    third_reference=self.independent_mix_code))
+                                    third_reference=self.independent_mix_code, shard=self.shard))
 
     def real_bank(self, max_images: int) -> Tensor:
         per_domain = max(1, max_images // len(self.domains))
@@ -171,10 +171,15 @@ class AFHQTask(Task):
         return x.to(self.device)
 
     # -- one iteration -------------------------------------------------------------------------------------------
+    def global_randn(self, n: int, dim: int) -> Tensor:
+        """(n, dim) standard normal for this rank's part of the batch: drawn for the global batch on the CPU generator
+        (as the official input fetcher does) and sliced, so the codes are the same on any device and rank count."""
+        rank, world = self.shard
+        return torch.randn(n * world, dim)[rank * n:(rank + 1) * n].to(self.device)
+
     def branches(self, batch: dict[str, Tensor], step: int) -> list[Branch]:
         n, latent_dim = batch["x"].shape[0], self.cfg.model.latent_dim
-        # drawn on the CPU generator (as the official input fetcher does): the same codes on every device
-        z, z2 = (torch.randn(n, latent_dim).to(self.device) for _ in range(2))
+        z, z2 = (self.global_randn(n, latent_dim) for _ in range(2))
         inputs = {**batch, "z": z, "z2": z2}
         return [
             Branch("latent", inputs, g_nets=GENERATOR_SIDE, cond_fake=batch["y_trg"], step=step),
@@ -201,7 +206,7 @@ class AFHQTask(Task):
         i, y = branch.inputs, branch.cond_fake
         if branch.name == "latent":
             if "z3" not in i:  # drawn once per iteration on first use, so the D and G steps mix the same codes
-                i["z3"] = torch.randn(y.shape[0], self.cfg.model.latent_dim).to(self.device)
+                i["z3"] = self.global_randn(y.shape[0], self.cfg.model.latent_dim)
             return self.nets["mapping_network"](i["z3"], y)
         return self.nets["style_encoder"](i["x_ref3"], y)
 

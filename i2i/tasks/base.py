@@ -105,11 +105,13 @@ class Task(ABC):
     ema_net_names: ClassVar[tuple[str, ...]] = ()
     branch_names: ClassVar[tuple[str, ...]] = ("main",)  # the names `branches()` gives its branches
     step_order: ClassVar[str] = "d_first"  # d_first: all D steps, then all G steps (StarGAN v2) | g_first (SPADE)
+    sync_batchnorm_nets: ClassVar[tuple[str, ...]] = ()  # nets whose BatchNorm uses all ranks' samples under DDP
 
     def __init__(self, cfg, device: torch.device):
         self.cfg = cfg
         self.device = device
         self.nets: dict[str, nn.Module] = {}
+        self.shard: tuple[int, int] = (0, 1)  # (rank, world size): streams load the rank's part of the global batch
 
     # -- configuration -------------------------------------------------------------------------------------------
     @classmethod

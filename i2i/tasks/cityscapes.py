@@ -96,6 +96,7 @@ class CityscapesTask(Task):
     critic_net = "discriminator"
     ema_net_names = ()  # SPADE keeps no EMA
     step_order = "g_first"
+    sync_batchnorm_nets = ("generator",)  # SPADE's param-free BatchNorms: SyncBatchNorm under DDP, as the official code
 
     @classmethod
     def validate_config(cls, cfg) -> None:
@@ -166,7 +167,7 @@ class CityscapesTask(Task):
         (h, w), d, t = self.size, self.cfg.data, self.cfg.train
         return iter(CityscapesTrainStream(self.train_index, w, h, t.batch_size, t.seed, start_step=start_step,
                                           num_workers=d.num_workers,
-                                          second_batch=self.cfg.remix.method != "none"))
+                                          second_batch=self.cfg.remix.method != "none", shard=self.shard))
 
     def real_bank(self, max_images: int) -> Tensor:
         (h, w) = self.size

@@ -130,7 +130,8 @@ class NIRVISTask(Task):
     def train_stream(self, start_step: int) -> Iterator[dict[str, Tensor]]:
         d, t = self.cfg.data, self.cfg.train
         return iter(NIRVISTrainStream(self.train_set, d.img_size, t.batch_size, t.seed, start_step=start_step,
-                                      num_workers=d.num_workers, second_batch=self.cfg.remix.method != "none"))
+                                      num_workers=d.num_workers, second_batch=self.cfg.remix.method != "none",
+                                      shard=self.shard))
 
     def real_bank(self, max_images: int) -> Tensor:
         files = [p for paths in self.train_set.vis for p in paths][:max_images]
