@@ -39,15 +39,7 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(tiny_afhq, tmp_p
     assert two.returncode == 0, two.stderr[-3000:]  # every save checked that both ranks hold the same weights
     a = load_checkpoint(tmp_path / "one" / "checkpoints" / "000003.pt")
     b = load_checkpoint(tmp_path / "two" / "checkpoints" / "000003.pt")
-    # Weights match up to the round-off of summing the batch means in another order. Biases right before an
-    # InstanceNorm are the exception: their true gradient is 0, so Adam normalises round-off into lr-sized steps
-    # that differ between the runs — and that the normalisation removes again, so the outputs still agree.
-    for group in ("nets", "nets_ema"):
-        for net, state in a[group].items():
-            for key, value in state.items():
-                if value.is_floating_point() and value.dim() >= 2:
-                    torch.testing.assert_close(b[group][net][key], value, atol=1e-5, rtol=1e-4,
-                                               msg=f"{group}.{net}.{key}")
+    assert_same_weights(a, b)
     nets_a, nets_b = (build_nets(32, 3, style_dim=8, latent_dim=4, max_conv_dim=16, width=8) for _ in range(2))
     for nets, state in ((nets_a, a), (nets_b, b)):
         for name, net in nets.items():
@@ -59,6 +51,36 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(tiny_afhq, tmp_p
                            ("discriminator", lambda n: n["discriminator"](x, y))):
             torch.testing.assert_close(call(nets_b), call(nets_a), atol=1e-4, rtol=1e-3, msg=name)
     assert len((tmp_path / "two" / "log.jsonl").read_text().splitlines()) == 3  # rank 0 alone logs
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    """Weights match up to the round-off of summing the batch means in another order. Biases right before an
+    InstanceNorm are the exception: their true gradient is 0, so Adam normalises round-off into lr-sized steps that
+    differ between the runs — and that the normalisation removes again, so the outputs still agree."""
+    for group in ("nets", "nets_ema"):
+        for net, state in a[group].items():
+            for key, value in state.items():
+                if value.is_floating_point() and value.dim() >= 2:
+                    torch.testing.assert_close(b[group][net][key], value, atol=1e-5, rtol=1e-4,
+                                               msg=f"{group}.{net}.{key}")
+
+
+@pytest.mark.slow
+def test_a_run_resumes_with_another_number_of_ranks(tiny_afhq, tmp_path):
+    """1 process for 2 iterations, then 2 ranks for 2 more = 1 process for 4 (the global batch stream continues).
+    The baseline: ReMix's a pairs samples within each rank's part of the batch, so its a_bar (and through
+    L_n the weights) differ slightly between world sizes — the same expected value, not the same number."""
+    overrides = {**TINY, "train.save_every": 2, "train.sample_every": 4}
+    straight = train("afhq", tiny_afhq, tmp_path / "straight", {**overrides, "train.total_iters": 4}, ranks=1)
+    first = train("afhq", tiny_afhq, tmp_path / "split", {**overrides, "train.total_iters": 2}, ranks=1)
+    assert straight.returncode == 0 and first.returncode == 0, straight.stderr[-3000:] + first.stderr[-3000:]
+    resumed = train("afhq", tiny_afhq, tmp_path / "split", {**overrides, "train.total_iters": 4, "resume": "auto"},
+                    ranks=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "000004.pt")
+    b = load_checkpoint(tmp_path / "split" / "checkpoints" / "000004.pt")
+    assert_same_weights(a, b)
+    assert b["iteration"] == 4 and len((tmp_path / "split" / "log.jsonl").read_text().splitlines()) == 4
 
 
 @pytest.mark.slow

@@ -196,7 +196,10 @@ class FeatureMix:
         phi_t2 = target_content(t2)
         l_p, l_n = relative_content_loss(phi_s, target_content(t1), phi_t2, distance, a_bar)
         with torch.no_grad():
-            perm = torch.from_numpy(derangement(_batch_size(phi_s), self.rng))
+            # one draw from the module's generator whatever the batch size and the rejection tries, so the later
+            # mixing draws (mix or not, lambda) are the same for any number of ranks
+            pairing = np.random.default_rng(int(self.rng.integers(2**63)))
+            perm = torch.from_numpy(derangement(_batch_size(phi_s), pairing))
             a = distance(_detach(phi_s), _detach(index_cond(phi_t2, perm))).mean()
         logs.update(l_p=l_p.detach(), l_n=l_n.detach(), a=a, a_bar=torch.tensor(a_bar))
         self.a_bars[key] = update_a_bar(a_bar, self.reduce(float(a)), self.momentum, self.momentum_form)
