@@ -252,3 +252,14 @@ def test_bad_network_inputs_and_arguments_are_named():
         net(torch.zeros(1, 3, 128, 128, device="meta"))
     with pytest.raises(ValueError, match="num_classes must be a positive int, got 0"):
         LightCNN29v2(num_classes=0)
+
+
+def test_width_scales_the_channels_and_keeps_the_feature():
+    narrow = LightCNN29v2(num_classes=5, width=0.25)
+    full = LightCNN29v2(num_classes=5)
+    assert narrow.conv1.filter.out_channels == 24 and narrow.fc.in_features == 8 * 8 * 32
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in full.parameters()) / 8
+    logits, feature = narrow(torch.rand(2, 1, 128, 128))
+    assert logits.shape == (2, 5) and feature.shape == (2, 256)
+    with pytest.raises(ValueError, match="width must be in"):
+        LightCNN29v2(width=0)

@@ -115,6 +115,18 @@ def test_pretrained_encoder_is_trained_once_and_cached(faces, tmp_path, monkeypa
     assert_same_tree(a["nets"], b["nets"])  # pretraining does not move the run's RNG
 
 
+def test_a_narrow_encoder_is_pretrained_and_a_file_is_refused_for_it(faces, encoder_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(ConfigError, match="encoder_width 0.25: only the full-width"):
+        Trainer(config(faces, encoder_file, **{"model.encoder_width": 0.25}), tmp_path / "file").fit()
+    cfg = build_config("nirvis", None, {"data.root": str(faces), **TINY_NV, "model.pretrain_encoder": True,
+                                        "model.encoder_width": 0.25, "model.encoder_steps": 2,
+                                        "train.total_iters": 1})
+    Trainer(cfg, tmp_path / "narrow").fit()
+    state = load_checkpoint(tmp_path / "narrow" / "checkpoints" / "000001.pt")
+    assert state["nets"]["encoder"]["conv1.filter.weight"].shape[0] == 2 * 12  # mfm: 2 x round(48 x 0.25)
+
+
 def test_export_translates_and_embeds(faces, encoder_file, tmp_path):
     from i2i.engine.inference import load_run
     from i2i.export import export_model

@@ -47,6 +47,7 @@ class NIRVISModelConfig:
     encoder_weights: str | None = None  # LightCNN_29Layers_V2_checkpoint.pth.tar; None: the weight registry
     pretrain_encoder: bool = False  # without the file: train a LightCNN-29v2 on the training identities (cached)
     encoder_steps: int = 600
+    encoder_width: float = 1.0  # LightCNN's channel scale; 1.0 = the released network (< 1: pretrained here, demos)
     cache_codes: bool = True  # the encoder is frozen: remember each training face's code (exact; saves its forward)
 
 
@@ -98,7 +99,8 @@ class NIRVISTask(Task):
     def build(self) -> dict[str, nn.Module]:
         m, S = self.cfg.model, self.cfg.data.img_size
         self.nets = {
-            "encoder": LightCNN29v2(encoder_only=True).eval().requires_grad_(False).to(self.device),
+            "encoder": LightCNN29v2(encoder_only=True, width=m.encoder_width).eval().requires_grad_(False).to(
+                self.device),
             "generator": Generator(S, FEATURE_DIM, m.n_mlp, m.channel_multiplier, channel_max=m.channel_max
                                    ).to(self.device),
             "discriminator": Discriminator(S, m.channel_multiplier, channel_max=m.channel_max).to(self.device),
@@ -108,7 +110,8 @@ class NIRVISTask(Task):
     def initialize(self, nets: dict[str, nn.Module]) -> None:
         """StyleGAN2 keeps PyTorch's init (its equalised layers scale at run time); the encoder gets its weights."""
         m = self.cfg.model
-        settings = EncoderTraining(img_size=self.cfg.data.img_size, steps=m.encoder_steps, seed=self.cfg.train.seed)
+        settings = EncoderTraining(img_size=self.cfg.data.img_size, steps=m.encoder_steps, seed=self.cfg.train.seed,
+                                   width=m.encoder_width)
         encoder, self.encoder_source, self.encoder_calibrated = identity_encoder(
             m.encoder_weights, m.pretrain_encoder, self.train_set, settings, Path.home() / ".cache" / "i2i",
             self.device, progress=self.cfg.train.progress)
