@@ -59,7 +59,29 @@ def resolve_resume(resume: str, run_dir: str | None) -> tuple[Path, Path | None]
         return Path(run_dir) if run_dir else path, ckpt
     if not path.is_file():
         raise ConfigError(f"--resume: no checkpoint at '{path}'")
-    return Path(run_dir) if run_dir else path.parent.parent, path
+    if run_dir:
+        return Path(run_dir), path
+    if path.parent.name == "checkpoints":  # RUN/checkpoints/NNNNNN.pt: continue RUN
+        return path.parent.parent, path
+    raise ConfigError(f"--resume: '{path}' is not inside a run's checkpoints/ folder; say where the run continues "
+                      "with --run-dir DIR (a new folder; the configuration is read from the checkpoint)")
+
+
+def saved_config(run_dir: Path, checkpoint: Path) -> dict:
+    """The configuration a resumed run continues with: RUN/config.yaml, else the one stored in the checkpoint (a
+    copied file without its folder); a file that is not an i2i checkpoint is refused naming it."""
+    from i2i.engine.checkpoint import load_checkpoint
+
+    if (run_dir / "config.yaml").exists() and checkpoint.parent == run_dir / "checkpoints":
+        return load_yaml(run_dir / "config.yaml")
+    try:
+        state = load_checkpoint(checkpoint)
+    except (ValueError, RuntimeError, OSError) as error:  # incl. UntrustedCheckpointError: no pickle is run here
+        raise ConfigError(f"--resume: '{checkpoint}' is not an i2i training checkpoint "
+                          f"({str(error).splitlines()[0]})") from None
+    if not isinstance(state.get("config"), dict):
+        raise ConfigError(f"--resume: '{checkpoint}' holds no configuration (not written by python -m i2i.train)")
+    return state["config"]
 
 
 def resolve(argv: list[str] | None):
@@ -68,8 +90,8 @@ def resolve(argv: list[str] | None):
     saved = None
     if known.resume:
         run_dir, ckpt = resolve_resume(known.resume, known.run_dir)
-        if (run_dir / "config.yaml").exists() and ckpt is not None:
-            saved = load_yaml(run_dir / "config.yaml")
+        if ckpt is not None:
+            saved = saved_config(run_dir, ckpt)
     preset_task = load_yaml(known.config).get("task") if known.config and saved is None else None
     task = known.task or (saved or {}).get("task") or preset_task or "afhq"
     args = _parser(task).parse_args(argv)

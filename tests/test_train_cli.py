@@ -86,3 +86,23 @@ def test_the_task_comes_from_the_preset(tmp_path):
         cfg, run_dir, checkpoint = resolve(["--config", str(CONFIG_DIR / f"{task}_demo.yaml"),
                                             "--run-dir", str(tmp_path / task)])
         assert cfg.task == task and checkpoint is None
+
+
+@pytest.mark.slow
+def test_resume_from_a_copied_checkpoint_continues_it_or_names_the_bad_file(tiny_afhq, tmp_path):
+    run = tmp_path / "run"
+    assert run_cli(tiny_args(tiny_afhq, run, **{"train.total_iters": 2})).returncode == 0
+    copied = tmp_path / "copied.pt"
+    copied.write_bytes((run / "checkpoints" / "000002.pt").read_bytes())
+    lonely = run_cli(["--resume", str(copied)])
+    assert lonely.returncode == 2 and "--run-dir" in lonely.stderr and "Traceback" not in lonely.stderr
+    resumed = run_cli(["--resume", str(copied), "--run-dir", str(tmp_path / "moved"), "--iters", "3"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr and (tmp_path / "moved" / "checkpoints" / "000003.pt").exists()
+    log = [json.loads(line) for line in (tmp_path / "moved" / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in log] == [3]  # iterations 1-2 are the checkpoint's: none trained again
+    not_a_checkpoint = tmp_path / "notes.pt"
+    not_a_checkpoint.write_text("not a checkpoint")
+    refused = run_cli(["--resume", str(not_a_checkpoint), "--run-dir", str(tmp_path / "x")])
+    assert refused.returncode == 2 and "notes.pt' is not an i2i training checkpoint" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "x").exists()
