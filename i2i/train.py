@@ -7,6 +7,7 @@ Resume: `--resume auto --run-dir RUN` (latest checkpoint of RUN, or a fresh star
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -127,13 +128,19 @@ def resolve(argv: list[str] | None):
 def main(argv: list[str] | None = None) -> int:
     from i2i.engine.trainer import Trainer, TrainingDiverged
 
+    run_dir: Path | None = None
+    trainer = None
+    created = False
     try:
         cfg, run_dir, ckpt = resolve(argv)
+        created = not run_dir.exists()
         trainer = Trainer(cfg, run_dir)
         print(f"run: {run_dir}  task: {cfg.task}  method: {cfg.method}  device: {trainer.device}"
               + (f"  resuming from: {ckpt}" if ckpt else ""), file=sys.stderr)
         final = trainer.fit(resume_from=ckpt)
     except (ConfigError, DatasetError, FileNotFoundError, TrainingDiverged) as error:
+        if created and (trainer is None or trainer.iteration == 0):  # failed before its first iteration: no husk
+            shutil.rmtree(run_dir, ignore_errors=True)
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, (ConfigError, DatasetError, FileNotFoundError)) else 1
     if trainer.stop_requested:

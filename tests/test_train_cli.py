@@ -72,6 +72,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tiny_afhq, tmp_path):
 def test_missing_dataset_and_bad_flag_give_clear_errors(tmp_path):
     missing = run_cli(["--data", str(tmp_path / "nowhere"), "--run-dir", str(tmp_path / "run"), "--iters", "1"])
     assert missing.returncode == 2 and "nowhere" in missing.stderr and "Traceback" not in missing.stderr
+    assert not (tmp_path / "run").exists()  # a run that failed before its first iteration leaves no folder
     bad = run_cli(["--data", str(tmp_path), "--mixer", "blend", "--run-dir", str(tmp_path / "run")])
     assert bad.returncode == 2 and "none, mixup, cutmix, srmix" in bad.stderr and "Traceback" not in bad.stderr
     auto = run_cli(["--resume", "auto"])
