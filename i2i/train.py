@@ -25,7 +25,7 @@ from i2i.config import (
     validate,
 )
 from i2i.data.images import DatasetError
-from i2i.engine.checkpoint import latest_checkpoint
+from i2i.engine.checkpoint import latest_checkpoint, latest_valid_checkpoint
 from i2i.tasks import TASKS
 
 EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
@@ -51,10 +51,10 @@ def resolve_resume(resume: str, run_dir: str | None) -> tuple[Path, Path | None]
     if resume == "auto":
         if run_dir is None:
             raise ConfigError("--resume auto needs --run-dir (the run to continue)")
-        return Path(run_dir), latest_checkpoint(Path(run_dir))
+        return Path(run_dir), latest_valid_checkpoint(Path(run_dir))
     path = Path(resume)
     if path.is_dir():
-        ckpt = latest_checkpoint(path)
+        ckpt = latest_valid_checkpoint(path)
         if ckpt is None:
             raise ConfigError(f"--resume: '{path}' holds no checkpoints (expected {path}/checkpoints/NNNNNN.pt)")
         return Path(run_dir) if run_dir else path, ckpt

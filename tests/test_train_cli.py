@@ -107,3 +107,23 @@ def test_resume_from_a_copied_checkpoint_continues_it_or_names_the_bad_file(tiny
     refused = run_cli(["--resume", str(not_a_checkpoint), "--run-dir", str(tmp_path / "x")])
     assert refused.returncode == 2 and "notes.pt' is not an i2i training checkpoint" in refused.stderr
     assert "Traceback" not in refused.stderr and not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["truncated", "flipped byte"])
+def test_resume_auto_skips_a_damaged_latest_checkpoint(tiny_afhq, tmp_path, damage):
+    run = tmp_path / "run"
+    assert run_cli(tiny_args(tiny_afhq, run, **{"train.total_iters": 4, "train.save_every": 2})).returncode == 0
+    latest = run / "checkpoints" / "000004.pt"
+    data = bytearray(latest.read_bytes())
+    if damage == "truncated":  # a crash or a full disk while copying: the archive's end is missing
+        data = data[: len(data) // 2]
+    else:  # a changed byte inside a tensor record
+        data[len(data) // 2] ^= 0xFF
+    latest.write_bytes(bytes(data))
+    resumed = run_cli(["--resume", "auto", "--run-dir", str(run), "--iters", "5"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "000004.pt' is damaged" in resumed.stderr and "resuming from" in resumed.stderr
+    assert "000002.pt" in resumed.stderr.split("resuming from")[1].splitlines()[0]
+    log = [json.loads(line)["iter"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert log == [1, 2, 3, 4, 3, 4, 5]  # iterations 3-4 trained again from the good checkpoint

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import random
 import re
+import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,28 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def checkpoint_damage(path: Path) -> str | None:
+    """Why `path` cannot be a complete checkpoint, or None: torch writes a zip archive with a CRC-32 checksum per
+    record, so a truncated file (no central directory) or a changed byte is found without unpickling anything."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        return f"not a complete archive: {error}"
+    return f"checksum mismatch in record '{bad}'" if bad is not None else None
+
+
+def latest_valid_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint of the run that passes `checkpoint_damage`; each damaged newer one is reported on stderr
+    (a crash or a full disk while writing, or a copy cut short) and skipped."""
+    for path in reversed(list_checkpoints(run_dir)):
+        damage = checkpoint_damage(path)
+        if damage is None:
+            return path
+        print(f"warning: checkpoint '{path}' is damaged ({damage}); trying the one before it", file=sys.stderr)
+    return None
 
 
 def save_checkpoint(run_dir: Path, state: dict, keep: int) -> Path:
