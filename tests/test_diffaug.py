@@ -133,3 +133,17 @@ def test_class_wrapper_equals_the_function():
     aug = DiffAugment(" color , cutout ")
     assert aug.policy == "color,cutout"
     assert torch.equal(aug(x, seeded(12)), diff_augment(x, "color,cutout", seeded(12)))
+
+
+def test_rank_parts_draw_the_rows_of_the_whole_batch():
+    """Under torchrun each rank augments its part with the global batch's draws: the parts together equal one
+    process augmenting the whole batch, and the two parts get different parameters."""
+    x = torch.rand(6, 3, 16, 16) * 2 - 1
+    whole = diff_augment(x, generator=torch.Generator().manual_seed(3))
+    parts = [DiffAugment(shard=(rank, 2))(x[rank * 3:(rank + 1) * 3], generator=torch.Generator().manual_seed(3))
+             for rank in range(2)]
+    torch.testing.assert_close(torch.cat(parts), whole, atol=0, rtol=0)
+    same_images = torch.cat([x[:3], x[:3]])
+    a, b = (DiffAugment(shard=(rank, 2))(same_images[:3], generator=torch.Generator().manual_seed(3))
+            for rank in range(2))
+    assert not torch.equal(a, b)

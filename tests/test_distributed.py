@@ -31,8 +31,10 @@ def train(task: str, data: Path, run_dir: Path, overrides: dict, ranks: int) -> 
 
 
 @pytest.mark.slow
-def test_two_ranks_equal_one_process_with_the_same_global_batch(tiny_afhq, tmp_path):
-    overrides = {**TINY, "train.total_iters": 3, "train.save_every": 3, "train.sample_every": 3}
+@pytest.mark.parametrize("regularizer", [{}, {"regularizers.diffaug": "color,translation,cutout"}],
+                         ids=["baseline", "diffaug"])
+def test_two_ranks_equal_one_process_with_the_same_global_batch(tiny_afhq, tmp_path, regularizer):
+    overrides = {**TINY, "train.total_iters": 3, "train.save_every": 3, "train.sample_every": 3, **regularizer}
     one = train("afhq", tiny_afhq, tmp_path / "one", overrides, ranks=1)
     two = train("afhq", tiny_afhq, tmp_path / "two", overrides, ranks=2)
     assert one.returncode == 0, one.stderr[-3000:]

@@ -58,7 +58,7 @@ class Regularizers:
         if reg.diffaug:
             from i2i.mixing.diffaug import DiffAugment
 
-            diffaug = DiffAugment(reg.diffaug)
+            diffaug = DiffAugment(reg.diffaug, shard=task.shard)
         return cls(feature_mix, image_mixer, sample_correction, pcr, adaptivemix, diffaug)
 
     # -- D step ----------------------------------------------------------------------------------------------------

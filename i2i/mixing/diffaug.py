@@ -3,7 +3,9 @@
 The same random augmentation family is applied to real and fake images, in the D and the G step; every op is
 differentiable w.r.t. the images, so G receives gradients through it. Images are ``(N, C, H, W)``, nominally in
 ``[-1, 1]`` (the augmented values may leave that range, as in the reference implementation). Each sample draws its
-own parameters.
+own parameters. Under torchrun each rank augments its part of the global batch: `shard=(rank, world)` draws the
+parameters of the whole global batch from the generator (in the same state on every rank) and keeps the rank's
+rows, so the parts get distinct draws that together are exactly those of one process with the whole batch.
 
 Policy names (comma separated, applied in the order given):
     ``color``        brightness ``x + U(-0.5, 0.5)``, saturation ``(x - mean_C) * U(0, 2) + mean_C``,
@@ -14,10 +16,10 @@ Policy names (comma separated, applied in the order given):
 
 Public API
 ----------
-    ``POLICY_OPS``; ``diff_augment(x, policy="color,translation,cutout", generator=None) -> (N, C, H, W)``
+    ``POLICY_OPS``; ``diff_augment(x, policy="color,translation,cutout", generator=None, shard=(0, 1))``
     ``parse_policy(policy) -> tuple[str, ...]``
     ``translate(x, shift_y, shift_x) -> (N, C, H, W)``, ``cutout_masks(size, centre_y, centre_x, box) -> (N, 1, H, W)``
-    ``DiffAugment(policy)``: ``aug(x, generator=None)``
+    ``DiffAugment(policy, shard=(0, 1))``: ``aug(x, generator=None)``
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch import Tensor
 POLICY_OPS = ("color", "translation", "cutout")
 TRANSLATION_RATIO = 0.125
 CUTOUT_RATIO = 0.5
+Shard = tuple[int, int]  # (rank, world size)
 
 
 def parse_policy(policy: str) -> tuple[str, ...]:
@@ -42,19 +45,32 @@ def parse_policy(policy: str) -> tuple[str, ...]:
     return ops
 
 
-def _uniform(x: Tensor, low: float, high: float, generator: torch.Generator | None) -> Tensor:
+def _rows(draw: Tensor, n: int, shard: Shard) -> Tensor:
+    """This rank's n rows of a draw made for the global batch (n x world rows)."""
+    rank, _ = shard
+    return draw[rank * n:(rank + 1) * n]
+
+
+def _uniform(x: Tensor, low: float, high: float, generator: torch.Generator | None, shard: Shard) -> Tensor:
     """Per-sample U(low, high) as (N, 1, 1, 1) in x's dtype and device."""
-    draw = torch.rand(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype, generator=generator)
-    return low + (high - low) * draw
+    n = x.shape[0]
+    draw = torch.rand(n * shard[1], 1, 1, 1, device=x.device, dtype=x.dtype, generator=generator)
+    return low + (high - low) * _rows(draw, n, shard)
 
 
-def color(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def _randint(low: int, high: int, x: Tensor, generator: torch.Generator | None, shard: Shard) -> Tensor:
+    """Per-sample integers in [low, high) as (N,)."""
+    n = x.shape[0]
+    return _rows(torch.randint(low, high, (n * shard[1],), device=x.device, generator=generator), n, shard)
+
+
+def color(x: Tensor, generator: torch.Generator | None = None, shard: Shard = (0, 1)) -> Tensor:
     """Random brightness, saturation and contrast, in that order (see the module docstring)."""
-    x = x + _uniform(x, -0.5, 0.5, generator)
+    x = x + _uniform(x, -0.5, 0.5, generator, shard)
     channel_mean = x.mean(dim=1, keepdim=True)
-    x = (x - channel_mean) * _uniform(x, 0.0, 2.0, generator) + channel_mean
+    x = (x - channel_mean) * _uniform(x, 0.0, 2.0, generator, shard) + channel_mean
     image_mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return (x - image_mean) * _uniform(x, 0.5, 1.5, generator) + image_mean
+    return (x - image_mean) * _uniform(x, 0.5, 1.5, generator, shard) + image_mean
 
 
 def translate(x: Tensor, shift_y: Tensor, shift_x: Tensor) -> Tensor:
@@ -72,12 +88,12 @@ def translate(x: Tensor, shift_y: Tensor, shift_x: Tensor) -> Tensor:
     return gathered.permute(0, 3, 1, 2) * inside.unsqueeze(1).to(x.dtype)
 
 
-def translation(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def translation(x: Tensor, generator: torch.Generator | None = None, shard: Shard = (0, 1)) -> Tensor:
     """Random integer shift in [-round(L / 8), round(L / 8)] per axis and sample, zero padding."""
     max_y = int(x.shape[2] * TRANSLATION_RATIO + 0.5)
     max_x = int(x.shape[3] * TRANSLATION_RATIO + 0.5)
-    shift_y = torch.randint(-max_y, max_y + 1, (x.shape[0],), device=x.device, generator=generator)
-    shift_x = torch.randint(-max_x, max_x + 1, (x.shape[0],), device=x.device, generator=generator)
+    shift_y = _randint(-max_y, max_y + 1, x, generator, shard)
+    shift_x = _randint(-max_x, max_x + 1, x, generator, shard)
     return translate(x, shift_y, shift_x)
 
 
@@ -92,13 +108,13 @@ def cutout_masks(size: tuple[int, int], centre_y: Tensor, centre_x: Tensor, box:
     return (~(in_rows[:, :, None] & in_cols[:, None, :])).unsqueeze(1)
 
 
-def cutout(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def cutout(x: Tensor, generator: torch.Generator | None = None, shard: Shard = (0, 1)) -> Tensor:
     """Zero a rectangle of half the height and width at a random integer centre (clipped at the borders)."""
     height, width = x.shape[2:]
     box = (int(height * CUTOUT_RATIO + 0.5), int(width * CUTOUT_RATIO + 0.5))
     # centres over [0, L] for even boxes, [0, L - 1] for odd ones: the reference implementation's range
-    centre_y = torch.randint(0, height + 1 - box[0] % 2, (x.shape[0],), device=x.device, generator=generator)
-    centre_x = torch.randint(0, width + 1 - box[1] % 2, (x.shape[0],), device=x.device, generator=generator)
+    centre_y = _randint(0, height + 1 - box[0] % 2, x, generator, shard)
+    centre_x = _randint(0, width + 1 - box[1] % 2, x, generator, shard)
     return x * cutout_masks((height, width), centre_y, centre_x, box).to(x.dtype)
 
 
@@ -106,7 +122,7 @@ _OPS = {"color": color, "translation": translation, "cutout": cutout}
 
 
 def diff_augment(x: Tensor, policy: str = "color,translation,cutout",
-                 generator: torch.Generator | None = None) -> Tensor:
+                 generator: torch.Generator | None = None, shard: Shard = (0, 1)) -> Tensor:
     """Apply the policy's ops in order to x (N, C, H, W); an empty policy returns x itself.
 
     Differentiable w.r.t. x; randomness from ``generator`` (default: torch's generator on x's device).
@@ -115,19 +131,20 @@ def diff_augment(x: Tensor, policy: str = "color,translation,cutout",
     if ops and x.dim() != 4:
         raise ValueError(f"DiffAugment expects images (N, C, H, W), got shape {tuple(x.shape)}")
     for name in ops:
-        x = _OPS[name](x, generator)
+        x = _OPS[name](x, generator, shard)
     return x
 
 
 class DiffAugment:
     """``diff_augment`` with a fixed policy, validated at construction (e.g. from ``--diffaug POLICY``)."""
 
-    def __init__(self, policy: str = "color,translation,cutout") -> None:
+    def __init__(self, policy: str = "color,translation,cutout", shard: Shard = (0, 1)) -> None:
         self.ops = parse_policy(policy)
         self.policy = ",".join(self.ops)
+        self.shard = shard
 
     def __repr__(self) -> str:
         return f"DiffAugment(policy={self.policy!r})"
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        return diff_augment(x, self.policy, generator)
+        return diff_augment(x, self.policy, generator, self.shard)
