@@ -97,7 +97,7 @@ def test_resume_continues_bit_for_bit(streets, tmp_path):
 
 
 def test_export_and_serve_a_label_map(streets, tmp_path):
-    from i2i.data.synthetic.streets import colorize_labels
+    from i2i.data.cityscapes_labels import colorize_labels
     from i2i.engine.inference import load_run
     from i2i.export import export_model
     from i2i.serving import ExportedModel, random_feed, translate

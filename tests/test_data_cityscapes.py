@@ -22,7 +22,8 @@ from i2i.data.cityscapes import (
 from i2i.data.images import DatasetError
 from i2i.data.synthetic import MARKER_NAME, make_cityscapes
 from i2i.data.synthetic.__main__ import main as synthetic_main
-from i2i.data.synthetic.streets import CITIES, LABEL_IDS
+from i2i.data.cityscapes_labels import LABEL_IDS
+from i2i.data.synthetic.streets import CITIES
 
 REQUIRED_CLASSES = ("road", "sidewalk", "building", "vegetation", "sky", "car", "person", "pole", "traffic sign")
 TINY = {"n_train": 9, "n_val": 3, "width": 64, "height": 32}

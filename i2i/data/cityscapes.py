@@ -34,11 +34,11 @@ from torch.utils.data import DataLoader, Dataset
 from i2i.data.afhq import _CountFrom, _check_int, seeded_choice, shard_slice, to_normalized_tensor
 from i2i.data.images import IMG_EXTENSIONS, DatasetError, load_rgb
 from i2i.data.subset import fraction_count
-from i2i.data.synthetic.streets import (CITYSCAPES_LABELS, CITYSCAPES_PALETTE, NUM_LABEL_IDS, colorize_labels,
+from i2i.data.cityscapes_labels import (CITYSCAPES_LABELS, CITYSCAPES_PALETTE, NUM_LABEL_IDS, colorize_labels,
                                         labels_from_colors)
 from i2i.fileio import atomic_write_text
 
-__all__ = [  # the palette helpers live with the (torch-free) synthetic set, so the serving app can use them too
+__all__ = [  # the label table and palette helpers come from i2i.data.cityscapes_labels
     "CITYSCAPES_LABELS", "CITYSCAPES_PALETTE", "MANIFEST_NAME", "NUM_LABEL_IDS", "SEMANTIC_CHANNELS",
     "CityscapesEvalDataset", "CityscapesIndex", "CityscapesSample", "CityscapesStepBatches", "CityscapesTrainStream",
     "colorize_labels", "eval_loader", "instance_edges", "labels_from_colors", "load_instance_ids", "load_label_ids",

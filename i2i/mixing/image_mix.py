@@ -37,7 +37,7 @@ import math
 import torch
 from torch import Tensor
 
-from i2i.mixing.common import Cond, check_alpha, sample_beta
+from i2i.mixing.common import check_alpha, sample_beta
 
 MIX_KINDS = ("none", "mixup", "cutmix", "srmix")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -28,7 +28,8 @@ from i2i.config import ConfigError, default_config
 from i2i.data.cityscapes import (SEMANTIC_CHANNELS, CityscapesTrainStream, colorize_labels, eval_loader,
                                  instance_edges, make_semantics, scan_cityscapes, train_index_for_run)
 from i2i.data.images import DatasetError
-from i2i.data.synthetic.streets import CITYSCAPES_LABELS, CITYSCAPES_PALETTE, NUM_LABEL_IDS, make_cityscapes
+from i2i.data.cityscapes_labels import CITYSCAPES_LABELS, CITYSCAPES_PALETTE, NUM_LABEL_IDS
+from i2i.data.synthetic.streets import make_cityscapes
 from i2i.nets.spade import (MultiscaleDiscriminator, SPADEGenerator, bake_spectral_norm, load_official_generator,
                             output_size, parse_norm_G, revert_sync_batchnorm, xavier_init)
 from i2i.nets.vgg import load_vgg19, vgg_distance

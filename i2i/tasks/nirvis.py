@@ -29,7 +29,7 @@ from i2i.data.nirvis import NIRVISTrainStream, load_face, load_recognition_proto
 from i2i.data.synthetic import make_nirvis
 from i2i.fileio import atomic_write_text
 from i2i.nets.lightcnn import FEATURE_DIM, LightCNN29v2, faces_to_lightcnn_input
-from i2i.nets.stylegan2 import (D_REG_EVERY, R1_GAMMA, Discriminator, Generator, d_logistic_loss, d_r1_loss,
+from i2i.nets.stylegan2 import (D_REG_EVERY, R1_GAMMA, Discriminator, Generator, d_r1_loss,
                                 g_nonsaturating_loss, lazy_adam_settings)
 from i2i.serving import GraphSpec, TensorSpec
 from i2i.tasks.base import Branch, Codes, Critic, ExportGraph, GraphModule, Negatives, Task

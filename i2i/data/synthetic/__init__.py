@@ -17,8 +17,6 @@ from __future__ import annotations
 from i2i.data.synthetic.animals import ANIMALS, make_afhq, render_animal
 from i2i.data.synthetic.common import MARKER_NAME
 from i2i.data.synthetic.faces import make_nirvis
-from i2i.data.synthetic.streets import (CITYSCAPES_LABELS, CITYSCAPES_PALETTE, colorize_labels, labels_from_colors,
-                                        make_cityscapes)
+from i2i.data.synthetic.streets import make_cityscapes
 
-__all__ = ["ANIMALS", "CITYSCAPES_LABELS", "CITYSCAPES_PALETTE", "MARKER_NAME", "colorize_labels",
-           "labels_from_colors", "make_afhq", "make_cityscapes", "make_nirvis", "render_animal"]
+__all__ = ["ANIMALS", "MARKER_NAME", "make_afhq", "make_cityscapes", "make_nirvis", "render_animal"]
