@@ -1,17 +1,19 @@
 """The limited-data study: every method at 10% and 100% of the procedural data, several seeds, scored as the papers do.
 
     python benchmarks/limited_data.py                       # run what is missing, then tables, plots, statistics
-    python benchmarks/limited_data.py --report-only          # only rebuild the report from finished runs
+    python benchmarks/limited_data.py --report-only          # only rebuild the report from the archived runs
     nohup python benchmarks/limited_data.py > study.log &    # the whole study, in the background (resumable)
 
 A task is one `StudyEntry`: its preset, its methods (flag sets), its data settings and which methods run in each,
 the seeds, how a checkpoint is evaluated, and which metrics the report shows. The script only schedules: each run is
 a normal run folder (`python -m i2i.train`, `--resume auto`, so an interrupted run continues where it stopped), each
 saved checkpoint is scored by the task's evaluator (`RUN/eval/curve/iter_NNNNNN.json`; the last one also as
-`RUN/eval/<task>.json`, what `python -m evaluators table` reads), and finished runs and evaluations are skipped. The
-report (`benchmarks/results/limited_data/`): the metric table (mean ± std over seeds, md + csv), metric-vs-iteration
-curves with seed bands, a bar chart with error bars, and each method compared with the baseline of the same seeds
-(paired differences: mean, 95% t-interval, Welch's p; n stated).
+`RUN/eval/<task>.json`, what `python -m evaluators table` reads), and finished runs and evaluations are skipped.
+Every finished run's scores are archived in the results folder (`runs/<task>/<setting>/<method>/seed<N>/`, a few KB
+of JSON, committed), and the report is built from that archive: a study continues on another machine or a fresh
+clone without re-running what is archived. The report (`benchmarks/results/limited_data/`): the metric table (mean ±
+std over seeds, md + csv), metric-vs-iteration curves with seed bands, a bar chart with error bars, and each method
+compared with the baseline of the same seeds (paired differences: mean, 95% t-interval, Welch's p; n stated).
 
 Runs are independent processes with `--threads` torch threads each (default 1: the study can run beside other work
 on a 2-core machine; `--jobs 2` runs two at a time).
@@ -164,6 +166,7 @@ class Job:
     setting: str
     method: str
     seed: int
+    results: Path = RESULTS
 
     @property
     def run_dir(self) -> Path:
@@ -172,6 +175,29 @@ class Job:
     @property
     def final(self) -> Path:
         return self.run_dir / "eval" / f"{self.entry.result_name}.json"
+
+    @property
+    def archive(self) -> Path:
+        """The run's scored checkpoints kept with the results: `iter_NNNNNN.json`, one per checkpoint."""
+        return self.results / "runs" / self.entry.task / self.setting / slug(self.method) / f"seed{self.seed}"
+
+    def archived_curve(self) -> list[dict]:
+        """The archived results in iteration order ([] when the run is not archived)."""
+        return [json.loads(f.read_text()) for f in sorted(self.archive.glob("iter_*.json"))]
+
+
+def archive_run(job: Job) -> bool:
+    """Copy a finished run's curve files into the results archive; False when the run has not finished."""
+    from i2i.fileio import atomic_write_text
+
+    if not job.final.is_file():
+        return False
+    for source in sorted((job.run_dir / "eval" / "curve").glob("iter_*.json")):
+        target = job.archive / source.name
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(target, source.read_text())
+    return True
 
 
 def _run(command: list[str], log: Path, threads: int) -> None:
@@ -187,8 +213,11 @@ def _run(command: list[str], log: Path, threads: int) -> None:
 
 def run_job(job: Job, threads: int) -> str:
     """Train (or continue) the run, then score every checkpoint not scored yet; returns a status line."""
+    if job.archived_curve():
+        return f"skip {job.archive.relative_to(job.results)} (archived)"
     if job.final.is_file():
-        return f"skip {job.run_dir.relative_to(REPO)} (done)"
+        archive_run(job)
+        return f"skip {job.run_dir.relative_to(REPO)} (done; archived)"
     start = time.perf_counter()
     log = job.run_dir / "study.log"
     train = [sys.executable, "-m", "i2i.train", "--task", job.entry.task, "--config", str(job.entry.preset),
@@ -207,6 +236,7 @@ def run_job(job: Job, threads: int) -> str:
     from i2i.fileio import atomic_write_text
 
     atomic_write_text(job.final, json.dumps(final, indent=1) + "\n")
+    archive_run(job)
     return (f"done {job.run_dir.relative_to(REPO)}: train {trained / 60:.1f} min, evaluation "
             f"{(time.perf_counter() - start - trained) / 60:.1f} min")
 
@@ -231,20 +261,15 @@ def _value(result: dict, metric: Metric) -> float | None:
     return float(node)
 
 
-def _curves(entry: StudyEntry, jobs: Sequence[Job]) -> dict:
-    """{setting: {method: {seed: [(iteration, result), ...]}}} of the scored checkpoints."""
+def _curves(jobs: Sequence[Job]) -> dict:
+    """{setting: {method: {seed: [(iteration, result), ...]}}} of the archived runs."""
     curves: dict = {}
     for job in jobs:
-        files = sorted((job.run_dir / "eval" / "curve").glob("iter_*.json"))
-        if files and job.final.is_file():
-            points = [json.loads(f.read_text()) for f in files]
+        points = job.archived_curve()
+        if points:
             curves.setdefault(job.setting, {}).setdefault(job.method, {})[job.seed] = [(p["iteration"], p)
                                                                                      for p in points]
     return curves
-
-
-def _final(job: Job) -> dict:
-    return {**json.loads(job.final.read_text()), "study_method": job.method, "study_setting": job.setting}
 
 
 def paired_comparison(method: list[float], baseline: list[float]) -> dict:
@@ -279,13 +304,17 @@ def report(entry: StudyEntry, jobs: Sequence[Job], out_dir: Path) -> dict:
     from evaluators.tables import render_table
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    finals = [_final(j) for j in jobs if j.final.is_file()]
+    for job in jobs:  # runs that finished before the archive existed, or elsewhere
+        if not job.archived_curve():
+            archive_run(job)
+    finals = [{**curve[-1], "study_method": j.method, "study_setting": j.setting}
+              for j in jobs if (curve := j.archived_curve())]
     if not finals:
         return {}
     for fmt in ("md", "csv"):
         (out_dir / f"{entry.task}_table.{fmt}").write_text(render_table(finals, fmt, group_by="study_method",
                                                                           split_by="study_setting"))
-    curves = _curves(entry, jobs)
+    curves = _curves(jobs)
     summary: dict = {"task": entry.task, "seeds": list(entry.seeds), "settings": {}}
     for setting, methods in curves.items():
         block: dict = {}
@@ -385,8 +414,9 @@ def _comparison_md(entry: StudyEntry, summary: dict) -> str:
                     better = c["mean_diff"] < 0 if metric.better == "lower" else c["mean_diff"] > 0
                     sure = c["ci95"][0] > 0 or c["ci95"][1] < 0
                     mark = ("**" if sure else "") if better else ("*" if sure else "")
+                    p = "n/a" if c["welch_p"] is None else f"{c['welch_p']:.2f}"  # None: no spread in either
                     cells.append(f"{mark}{c['mean_diff']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] "
-                                 f"p={c['welch_p']:.2f}{mark} (n={c['n']})")
+                                 f"p={p}{mark} (n={c['n']})")
                 else:
                     cells.append(f"{cell['mean']:.3f}")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -407,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for name in args.tasks:
         entry = ENTRIES[name]
-        jobs = [Job(entry, name, method, seed)
+        jobs = [Job(entry, name, method, seed, args.out)
                 for name, setting in entry.settings.items() if args.settings is None or name in args.settings
                 for seed in (args.seeds or entry.seeds)
                 for method in setting.methods if args.methods is None or method in args.methods]
@@ -415,10 +445,11 @@ def main(argv: list[str] | None = None) -> int:
             with ThreadPoolExecutor(max_workers=args.jobs) as pool:
                 for status in pool.map(lambda job: _safe(run_job, job, args.threads), jobs):
                     print(time.strftime("%H:%M:%S"), status, flush=True)
-        all_jobs = [Job(entry, name, method, seed) for name, setting in entry.settings.items()
+        all_jobs = [Job(entry, name, method, seed, args.out) for name, setting in entry.settings.items()
                     for seed in entry.seeds for method in setting.methods]
         summary = report(entry, all_jobs, args.out)
-        print(f"{name}: report in {args.out} ({sum(j.final.is_file() for j in all_jobs)} of {len(all_jobs)} runs done)"
+        print(f"{name}: report in {args.out} ({sum(bool(j.archived_curve()) for j in all_jobs)} of {len(all_jobs)} "
+              "runs archived)"
               if summary else f"{name}: no finished runs yet")
     return 0
 
