@@ -61,6 +61,8 @@ class TrainConfig:
     save_every: int = 10_000
     keep_checkpoints: int = 3
     progress: bool = True
+    init_from: str | None = None  # a new run starts from these weights (i2i checkpoint or an official release file)
+    trust_checkpoint: bool = False  # allow a full unpickle of init_from (only for files from a source you trust)
 
 
 @dataclass
@@ -321,6 +323,8 @@ ALIASES: dict[str, tuple[str, dict]] = {
     "--pcr-op": ("regularizers.pcr_op", {"metavar": "OP", "help": "mean | and | or"}),
     "--sc-threshold": ("regularizers.sc_threshold", {"metavar": "T"}),
     "--diffaug": ("regularizers.diffaug", {"metavar": "POLICY", "help": "e.g. color,translation,cutout"}),
+    "--init-from": ("train.init_from", {"metavar": "FILE", "help": "fine-tune: start from these weights (i2i "
+                                        "checkpoint, StarGAN v2 *_nets_ema.ckpt, SPADE *_net_G.pth, rosinality .pt)"}),
 }
 SWITCHES: dict[str, tuple[str, Any, str]] = {
     "--remix": ("remix.method", "remix", "ReMix: feature interpolation + relative content loss (= --feature-mix remix)"),
@@ -328,6 +332,8 @@ SWITCHES: dict[str, tuple[str, Any, str]] = {
     "--pcr": ("regularizers.pcr", True, "PCR: pixel-wise combinations of real pairs as extra negatives"),
     "--sample-correction": ("regularizers.sample_correction", True, "swap too-realistic fakes out of D's batch"),
     "--amp": ("train.amp", True, "bfloat16 autocast on CUDA"),
+    "--trust-checkpoint": ("train.trust_checkpoint", True,
+                           "allow --init-from to fully unpickle its file (can run code from it: trusted files only)"),
     "--pretrain-encoder": ("model.pretrain_encoder", True,
                            "nirvis: without the LightCNN-29v2 file, train one on the training identities"),
 }

@@ -24,13 +24,14 @@ from torch import Tensor, nn
 from torchvision.utils import save_image
 
 from i2i.config import Config, ConfigError, save_config
-from i2i.engine import distributed
+from i2i.engine import distributed, pretrained
 from i2i.engine.checkpoint import (capture_rng, checkpoint_path, latest_checkpoint, load_checkpoint, restore_rng,
                                    save_checkpoint)
 from i2i.engine.logging import RunLogger
 from i2i.mixing import Regularizers
 from i2i.tasks import task_class
 from i2i.tasks.base import Branch, Negatives, Task
+from i2i.weights import UntrustedCheckpointError
 
 
 class TrainingDiverged(RuntimeError):
@@ -120,6 +121,8 @@ class Trainer:
                 task.initialize(nets)
                 ema_nets = {n: copy.deepcopy(nets[n]) for n in task.ema_net_names}
         self.ema = EMA(ema_nets, cfg.train.ema_beta)
+        if resume_from is None and cfg.train.init_from:
+            self.init_from(nets)
         self.optimizers = task.optimizers()
         self.base_lrs = {name: [group["lr"] for group in opt.param_groups] for name, opt in self.optimizers.items()}
         self.regs = Regularizers.from_config(cfg, task)
@@ -133,6 +136,20 @@ class Trainer:
         if self.dist.enabled:
             distributed.check_identical(self.task.nets)
         return start
+
+    def init_from(self, nets: dict[str, nn.Module]) -> None:
+        """Fine-tuning: the nets (and their EMA copies) start from `train.init_from`; the report is printed and kept."""
+        train = self.cfg.train
+        try:
+            report = pretrained.init_from(self.task, nets, train.init_from, trust=train.trust_checkpoint)
+        except (ValueError, UntrustedCheckpointError) as error:
+            raise ConfigError(str(error)) from None
+        for name, ema_net in self.ema.nets.items():
+            ema_net.load_state_dict(nets[name].state_dict())
+        if self.dist.is_main:
+            report.save(self.run_dir)
+            if train.progress:
+                print(report.summary())
 
     @contextmanager
     def _main_rank_first(self):

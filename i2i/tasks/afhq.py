@@ -25,7 +25,8 @@ from i2i.data.afhq import AFHQTrainStream, load_eval_images, scan_split
 from i2i.data.images import DatasetError
 from i2i.data.subset import manifest_domains, read_manifest, select_fraction, write_manifest
 from i2i.data.synthetic import make_afhq
-from i2i.nets.stargan_v2 import build_nets, he_init, load_official_nets, official_architecture
+from i2i.nets.stargan_v2 import (build_nets, he_init, load_official_checkpoint, load_official_nets,
+                                  official_architecture)
 from i2i.serving import GraphSpec, TensorSpec
 from i2i.tasks.base import Branch, Codes, Critic, ExportGraph, GraphModule, Negatives, Task
 
@@ -375,6 +376,10 @@ class AFHQTask(Task):
                 taken[label] = taken.get(label, 0) + 1
                 examples.append((path, index.domains[label]))
         return examples
+
+    def pretrained_states(self, path: Path, *, trust: bool) -> tuple[str, dict[str, dict[str, Tensor]]]:
+        """An official `*_nets_ema.ckpt` (generator, mapping network, style encoder) or `*_nets.ckpt` (also D)."""
+        return "StarGAN v2 official", load_official_checkpoint(path, trust=trust)
 
     @classmethod
     def load_official(cls, path: Path, *, img_size: int | None, labels: list[str] | None, trust: bool,

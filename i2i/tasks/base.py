@@ -247,6 +247,12 @@ class Task(ABC):
         """(image file, caption) pairs a person can click in the app; [] when the dataset is not at hand."""
         return []
 
+    def pretrained_states(self, path: Path, *, trust: bool) -> tuple[str, dict[str, dict[str, Tensor]]]:
+        """(format name, {net name: state_dict}) of an official release file, for `--init-from` (i2i checkpoints are
+        read by the engine). ValueError naming the file when it is not one."""
+        raise ValueError(f"--init-from: '{path}' is not an i2i checkpoint, and task '{self.name}' reads no official "
+                         "format")
+
     @classmethod
     def load_official(cls, path: Path, *, img_size: int | None, labels: list[str] | None, trust: bool,
                       device: torch.device) -> tuple["Task", dict[str, nn.Module]]:

@@ -34,6 +34,7 @@ from i2i.nets.spade import (MultiscaleDiscriminator, SPADEGenerator, bake_spectr
                             output_size, parse_norm_G, revert_sync_batchnorm, xavier_init)
 from i2i.nets.vgg import load_vgg19, vgg_distance
 from i2i.serving import GraphSpec, TensorSpec
+from i2i.weights import plain_state_dict, safe_torch_load
 from i2i.tasks.base import Branch, Codes, Critic, ExportGraph, GraphModule, Negatives, Task
 
 FM_ON_MIXED = ("relative", "drop")
@@ -293,6 +294,14 @@ class CityscapesTask(Task):
                 for sample in index.samples[: 3 * max_per_label]
                 if sample.label.with_name(sample.label.name.replace("labelIds", "color")).is_file()]
 
+    def pretrained_states(self, path: Path, *, trust: bool) -> tuple[str, dict[str, dict[str, Tensor]]]:
+        """An official `*_net_G.pth` or `*_net_D.pth`, with its partner file when it lies beside it."""
+        states = {}
+        for name, file in _spade_pair(path).items():
+            state = plain_state_dict(safe_torch_load(file, trust=trust), file)
+            states["generator" if "conv_img.weight" in state else "discriminator"] = state
+        return "SPADE official", states
+
     @classmethod
     def load_official(cls, path: Path, *, img_size: int | None, labels: list[str] | None, trust: bool,
                       device: torch.device) -> tuple["CityscapesTask", dict[str, nn.Module]]:
@@ -302,6 +311,17 @@ class CityscapesTask(Task):
         G = SPADEGenerator(SEMANTIC_CHANNELS, 64, "more", cfg.data.img_size, 2.0, "spectralspadesyncbatch3x3")
         load_official_generator(path, G, trust=trust)
         return cls(cfg, device), {"generator": G.eval().requires_grad_(False).to(device)}
+
+
+def _spade_pair(path: Path) -> dict[str, Path]:
+    """{"given": path[, "partner": the *_net_D.pth beside a *_net_G.pth, or the reverse]}."""
+    files = {"given": path}
+    for mine, other in (("_net_G", "_net_D"), ("_net_D", "_net_G")):
+        if mine in path.stem:
+            partner = path.with_name(path.name.replace(mine, other))
+            if partner.is_file():
+                files["partner"] = partner
+    return files
 
 
 def _copy_eval(net: nn.Module) -> nn.Module:

@@ -30,7 +30,7 @@ from i2i.data.synthetic import make_nirvis
 from i2i.fileio import atomic_write_text
 from i2i.nets.lightcnn import FEATURE_DIM, LightCNN29v2, faces_to_lightcnn_input
 from i2i.nets.stylegan2 import (D_REG_EVERY, R1_GAMMA, Discriminator, Generator, d_r1_loss,
-                                g_nonsaturating_loss, lazy_adam_settings)
+                                g_nonsaturating_loss, lazy_adam_settings, load_rosinality_checkpoint)
 from i2i.serving import GraphSpec, TensorSpec
 from i2i.tasks.base import Branch, Codes, Critic, ExportGraph, GraphModule, Negatives, Task
 from i2i.tasks.face_encoder import EncoderTraining, identity_encoder
@@ -227,6 +227,15 @@ class NIRVISTask(Task):
         fake = nets["generator"]([e], input_is_latent=self.cfg.model.input_is_latent, randomize_noise=False)[0]
         rows = torch.stack([inputs["nir"].expand(-1, 3, -1, -1), fake, inputs["vis"]], dim=1).flatten(0, 1)
         return {"faces": make_grid(((rows + 1) / 2).clamp(0, 1), nrow=3, padding=2, pad_value=1.0)}
+
+    def pretrained_states(self, path: Path, *, trust: bool) -> tuple[str, dict[str, dict[str, Tensor]]]:
+        """A rosinality/stylegan2-pytorch checkpoint: the generator from g_ema (else g), the discriminator from d.
+        The encoder keeps its own source (the LightCNN file or the pretrained cache)."""
+        found = load_rosinality_checkpoint(path, trust=trust)
+        states = {"generator": found.get("g_ema", found.get("g"))}
+        if "d" in found:
+            states["discriminator"] = found["d"]
+        return "rosinality StyleGAN2", {k: v for k, v in states.items() if v is not None}
 
     # -- serving ---------------------------------------------------------------------------------------------------
     @property
