@@ -25,7 +25,7 @@ from i2i.config import (
     validate,
 )
 from i2i.data.images import DatasetError
-from i2i.engine.checkpoint import latest_checkpoint, latest_valid_checkpoint
+from i2i.engine.checkpoint import latest_checkpoint, latest_valid_checkpoint, load_checkpoint
 from i2i.tasks import TASKS
 
 EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
@@ -71,8 +71,6 @@ def resolve_resume(resume: str, run_dir: str | None) -> tuple[Path, Path | None]
 def saved_config(run_dir: Path, checkpoint: Path) -> dict:
     """The configuration a resumed run continues with: RUN/config.yaml, else the one stored in the checkpoint (a
     copied file without its folder); a file that is not an i2i checkpoint is refused naming it."""
-    from i2i.engine.checkpoint import load_checkpoint
-
     if (run_dir / "config.yaml").exists() and checkpoint.parent == run_dir / "checkpoints":
         return load_yaml(run_dir / "config.yaml")
     try:

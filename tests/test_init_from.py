@@ -86,3 +86,21 @@ def test_rosinality_checkpoint_starts_a_nirvis_run(tiny_faces, lightcnn_file, tm
     assert _equal(trainer.task.nets["discriminator"], d.state_dict())
     report = json.loads((tmp_path / "run" / "init_from.json").read_text())
     assert report["format"] == "rosinality StyleGAN2" and report["absent"] == []  # the frozen encoder is not D's
+
+
+class PickledStateDict(dict):
+    """A state dict saved as a custom class: loading it needs a full unpickle (code from the file could run)."""
+
+
+def test_a_file_that_needs_a_full_unpickle_loads_only_with_trust(tiny_config, tmp_path):
+    torch.manual_seed(3)
+    released = build_nets(32, num_domains=3, style_dim=TINY["model.style_dim"], latent_dim=TINY["model.latent_dim"],
+                          max_conv_dim=TINY["model.max_conv_dim"], width=TINY["model.width"])
+    path = tmp_path / "pickled_nets_ema.ckpt"
+    torch.save({name: PickledStateDict(net.state_dict()) for name, net in released.items()}, path)
+    with pytest.raises(ConfigError, match="--trust-checkpoint"):
+        Trainer(tiny_config(**{"train.init_from": str(path)}), tmp_path / "a").setup(None)
+    trusted = Trainer(tiny_config(**{"train.init_from": str(path), "train.trust_checkpoint": True}), tmp_path / "b")
+    with pytest.warns(UserWarning, match="fully unpickling"):
+        trusted.setup(None)
+    assert _equal(trusted.task.nets["discriminator"], released["discriminator"].state_dict())
