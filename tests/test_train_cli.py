@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import TINY
 
@@ -67,6 +68,61 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tiny_afhq, tmp_path):
     saved = sorted((run / "checkpoints").glob("*.pt"))
     assert len(saved) == 1 and "stopped by SIGINT" in err
     assert int(saved[0].stem) == max(json.loads(line)["iter"] for line in log.read_text().splitlines())
+
+
+def _wait_for(condition, proc, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, "the run ended before the kill point"
+        assert time.time() < deadline, "kill point not reached in time"
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_sigkill_at_several_points_then_resume_auto_gives_the_uninterrupted_weights(tiny_afhq, tmp_path):
+    """kill -9 between checkpoints (log lines past the last checkpoint), in the middle of a checkpoint write (its
+    temp file left behind) and during start-up; `--resume auto` each time; the end equals one uninterrupted run."""
+    settings = {"train.total_iters": 30, "train.save_every": 10, "train.sample_every": 1000}
+    reference = run_cli(tiny_args(tiny_afhq, tmp_path / "reference", **settings))
+    assert reference.returncode == 0, reference.stderr
+    run = tmp_path / "killed"
+    command = [sys.executable, "-m", "i2i.train", "--resume", "auto", *tiny_args(tiny_afhq, run, **settings)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+    checkpoints, log = run / "checkpoints", run / "log.jsonl"
+
+    def logged() -> int:
+        return max((json.loads(line)["iter"] for line in log.read_text().splitlines()[:-1]), default=0) \
+            if log.exists() else 0
+
+    kill_points = [
+        lambda: (checkpoints / "000010.pt").exists() and logged() > 10,  # past a checkpoint
+        lambda: any(checkpoints.glob(".*.tmp")) or (checkpoints / "000020.pt").exists(),  # while writing 20
+        lambda: False,  # start-up: killed after a fixed delay below
+    ]
+    for point, condition in enumerate(kill_points):
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if point == 2:
+            time.sleep(1.0)
+        else:
+            _wait_for(condition, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        if point == 1 and not any(checkpoints.glob(".*.tmp")):
+            # the write was too quick to catch: leave what a kill in its middle leaves (a partial temp file)
+            (checkpoints / "000020.pt").unlink(missing_ok=True)
+            partial = (checkpoints / "000010.pt").read_bytes()
+            (checkpoints / ".000020.pt.killed.tmp").write_bytes(partial[: len(partial) // 2])
+    finished = run_cli(command[3:])
+    assert finished.returncode == 0, finished.stderr
+
+    ours = torch.load(checkpoints / "000030.pt", weights_only=True)
+    theirs = torch.load(tmp_path / "reference" / "checkpoints" / "000030.pt", weights_only=True)
+    for group in ("nets", "nets_ema"):
+        for net, state in theirs[group].items():
+            for key, value in state.items():
+                assert torch.equal(ours[group][net][key], value), f"{group}/{net}/{key} differs after the kills"
+    assert not list(checkpoints.glob(".*.tmp"))  # partial writes cleaned up on resume
+    assert [json.loads(line)["iter"] for line in log.read_text().splitlines()] == list(range(1, 31))
 
 
 def test_missing_dataset_and_bad_flag_give_clear_errors(tmp_path):

@@ -7,9 +7,14 @@ from pathlib import Path
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, enabled: bool = True):
+    """Appends to RUN/log.jsonl. `start`: the iteration the run continues from; records after it (written by a
+    process killed after its last checkpoint, so repeated by this one) and a torn last line are dropped first."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True, start: int = 0):
         self.enabled = enabled
         self.path = Path(run_dir) / "log.jsonl"
+        if enabled and self.path.exists():
+            _truncate_after(self.path, start)
         self._file = open(self.path, "a", encoding="utf-8") if enabled else None
         self._tb = None
         if enabled:
@@ -42,3 +47,21 @@ class RunLogger:
 def read_log(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "log.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _truncate_after(path: Path, start: int) -> None:
+    from i2i.fileio import atomic_write_text
+
+    kept, dropped = [], False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            dropped = True
+            continue
+        if record.get("iter", 0) <= start:
+            kept.append(line)
+        else:
+            dropped = True
+    if dropped:
+        atomic_write_text(path, "".join(line + "\n" for line in kept))

@@ -130,6 +130,9 @@ class Trainer:
             self.regs.feature_mix.reduce = distributed.mean_over_ranks
         start = 0
         if resume_from is not None:
+            if self.dist.is_main:  # partial checkpoint writes of a killed process
+                for stale in (self.run_dir / "checkpoints").glob(".*.pt.*.tmp"):
+                    stale.unlink(missing_ok=True)
             start = self.load_state(load_checkpoint(resume_from))
             self.last_checkpoint = resume_from
         self.sample_inputs = task.sample_inputs()
@@ -288,7 +291,7 @@ class Trainer:
         self.iteration = self.setup(resume_from)
         stream = iter(self.task.train_stream(self.iteration))
         main = self.dist.is_main
-        logger = RunLogger(self.run_dir) if main else None
+        logger = RunLogger(self.run_dir, start=self.iteration) if main else None
         progress = _progress(self.iteration, train.total_iters, train.progress and main,
                              f"{self.cfg.task} [{self.cfg.method}]")
         logged_at, tic = self.iteration, time.perf_counter()
