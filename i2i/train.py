@@ -24,6 +24,7 @@ from i2i.config import (
     set_value,
     validate,
 )
+from i2i.cli import error_message
 from i2i.data.images import DatasetError
 from i2i.engine.checkpoint import latest_checkpoint, latest_valid_checkpoint, load_checkpoint
 from i2i.tasks import TASKS
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError, FileNotFoundError, TrainingDiverged) as error:
         if created and (trainer is None or trainer.iteration == 0):  # failed before its first iteration: no husk
             shutil.rmtree(run_dir, ignore_errors=True)
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error_message(error)}", file=sys.stderr)
         return 2 if isinstance(error, (ConfigError, DatasetError, FileNotFoundError)) else 1
     if trainer.stop_requested:
         print(f"stopped by {trainer.stop_requested} at iteration {trainer.iteration}; "

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torchvision.utils import save_image
 
 from i2i.config import Config, ConfigError, save_config
+from i2i.data.check import check_files
 from i2i.engine import distributed, pretrained
 from i2i.engine.checkpoint import (capture_rng, checkpoint_path, latest_checkpoint, load_checkpoint, restore_rng,
                                    save_checkpoint)
@@ -105,6 +106,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with self._main_rank_first():  # one rank generates a missing procedural set or pretrains an encoder
             task.prepare_data(self.run_dir, resume=resume_from is not None)
+            if self.dist.is_main:  # every training file read once now, not hours into the run
+                check_files(task.data_checks(), progress=cfg.train.progress)
             if self.dist.is_main:
                 save_config(cfg, self.run_dir / "config.yaml")
             nets = task.build()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,7 @@ from torchvision.utils import make_grid
 
 from i2i.config import ConfigError, default_config
 from i2i.data.afhq import AFHQTrainStream, load_eval_images, scan_split
-from i2i.data.images import DatasetError
+from i2i.data.images import DatasetError, load_rgb
 from i2i.data.subset import manifest_domains, read_manifest, select_fraction, write_manifest
 from i2i.data.synthetic import make_afhq
 from i2i.nets.stargan_v2 import (build_nets, he_init, load_official_checkpoint, load_official_nets,
@@ -140,6 +140,9 @@ class AFHQTask(Task):
             raise DatasetError(f"'{root}': train domains {self.train_index.domains} differ from val domains "
                                f"{self.val_index.domains}")
         self.domains = list(self.train_index.domains)
+
+    def data_checks(self) -> list[tuple[Path, Callable[[Path], object]]]:
+        return [(path, load_rgb) for path in self.train_index.files]
 
     def build(self) -> dict[str, nn.Module]:
         m, S = self.cfg.model, self.cfg.data.img_size

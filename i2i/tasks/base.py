@@ -128,6 +128,11 @@ class Task(ABC):
     def prepare_data(self, run_dir: Path, resume: bool) -> None:
         """Finds/validates the dataset, applies --data-frac and writes (or, on resume, reads) the run's manifest."""
 
+    def data_checks(self) -> list[tuple[Path, Callable[[Path], object]]]:
+        """(file, loader) pairs covering every training file of the run, each loader raising DatasetError naming a
+        bad file; read once before the first iteration (`i2i.data.check`). Called after `prepare_data`."""
+        return []
+
     @abstractmethod
     def build(self) -> dict[str, nn.Module]:
         """Creates the networks (PyTorch default init) on self.device; sets and returns self.nets."""

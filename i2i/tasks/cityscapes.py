@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -26,8 +26,9 @@ from torchvision.utils import make_grid
 
 from i2i.config import ConfigError, default_config
 from i2i.data.cityscapes import (SEMANTIC_CHANNELS, CityscapesTrainStream, colorize_labels, eval_loader,
-                                 instance_edges, make_semantics, scan_cityscapes, train_index_for_run)
-from i2i.data.images import DatasetError
+                                 instance_edges, load_instance_ids, load_label_ids, make_semantics, scan_cityscapes,
+                                 train_index_for_run)
+from i2i.data.images import DatasetError, load_rgb
 from i2i.data.cityscapes_labels import CITYSCAPES_LABELS, CITYSCAPES_PALETTE, NUM_LABEL_IDS
 from i2i.data.synthetic.streets import make_cityscapes
 from i2i.nets.spade import (MultiscaleDiscriminator, SPADEGenerator, bake_spectral_norm, load_official_generator,
@@ -133,6 +134,10 @@ class CityscapesTask(Task):
             make_cityscapes(root)
         self.train_index = train_index_for_run(root, run_dir, frac=d.frac, seed=self.cfg.train.seed, resume=resume)
         self.val_index = scan_cityscapes(root, "val")
+
+    def data_checks(self) -> list[tuple[Path, Callable[[Path], object]]]:
+        return [check for s in self.train_index.samples
+                for check in ((s.image, load_rgb), (s.label, load_label_ids), (s.instance, load_instance_ids))]
 
     def build(self) -> dict[str, nn.Module]:
         m = self.cfg.model

@@ -16,7 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torchvision.utils import make_grid
 
 from i2i.config import ConfigError
-from i2i.data.images import DatasetError
+from i2i.data.images import DatasetError, load_rgb
 from i2i.data.nirvis import NIRVISTrainStream, load_face, load_recognition_protocol, train_set_for_run
 from i2i.data.synthetic import make_nirvis
 from i2i.fileio import atomic_write_text
@@ -95,6 +95,10 @@ class NIRVISTask(Task):
                                            pairs=d.pairs, resume=resume)
         self.protocol = load_recognition_protocol(root, d.fold)
         self.run_dir = Path(run_dir)
+
+    def data_checks(self) -> list[tuple[Path, Callable[[Path], object]]]:
+        return [(path, load_rgb) for group in (self.train_set.nir, self.train_set.vis) for paths in group
+                for path in paths]
 
     def build(self) -> dict[str, nn.Module]:
         m, S = self.cfg.model, self.cfg.data.img_size

@@ -1,0 +1,71 @@
+"""Fail fast on bad data: every training file of a run is read once before the first iteration.
+
+A truncated or zero-byte image, a wrong extension, a label map with ids outside the label set or a protocol line
+pointing at a missing file then stops the run at start-up, naming the file, instead of hours into training. Each task
+says what to read (`Task.data_checks()`: a file and the loader that validates it); files that passed are remembered
+by path, size and modification time (`~/.cache/i2i/checked_files.json`), so a second run on the same data reads
+nothing again.
+"""
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Sequence
+
+from i2i.data.images import DatasetError
+from i2i.fileio import atomic_write_text
+
+CACHE = Path.home() / ".cache" / "i2i" / "checked_files.json"
+Check = tuple[Path, Callable[[Path], object]]  # (file, loader raising DatasetError for a bad file)
+
+
+def _stamp(path: Path) -> list[int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _read_cache(cache: Path) -> dict[str, list[int]]:
+    try:
+        return json.loads(cache.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def check_files(checks: Sequence[Check], cache: Path | None | str = "default", workers: int | None = None,
+                progress: bool = False) -> int:
+    """Reads every file of `checks` not already known good; returns how many were read. Raises DatasetError with the
+    first bad file's message (and how many more are bad) when any fails. `cache`: the record of good files (default
+    CACHE; None: no record)."""
+    cache = CACHE if cache == "default" else cache
+    known = _read_cache(cache) if cache is not None else {}
+    todo = [(path, load) for path, load in checks if known.get(str(path)) != _stamp(path) or _stamp(path) is None]
+    if not todo:
+        return 0
+
+    def run(check: Check) -> str | None:
+        path, load = check
+        try:
+            load(path)
+        except DatasetError as error:
+            return str(error)
+        return None
+
+    from tqdm.auto import tqdm
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        results = list(tqdm(pool.map(run, todo), total=len(todo), desc="checking training files",
+                            disable=not progress or len(todo) < 1000, unit="file"))
+    bad = [message for message in results if message is not None]
+    if cache is not None:
+        good = {str(path): _stamp(path) for (path, _), message in zip(todo, results) if message is None}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cache, json.dumps({**_read_cache(cache), **good}))
+    if bad:
+        more = f" ({len(bad) - 1} more bad files among the {len(checks)} training files)" if len(bad) > 1 else ""
+        raise DatasetError(bad[0] + more)
+    return len(todo)
