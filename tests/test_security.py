@@ -1,0 +1,63 @@
+"""No pickle from a file runs code unless the user says the file is trusted: resume, --init-from, and every torch.load
+in the code base goes through the tensors-only loader."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from i2i.train import main as train_main
+from tests.conftest import TINY
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command (what a malicious checkpoint would do)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+def _malicious_checkpoint(path: Path, marker: Path) -> Path:
+    torch.save({"format": "i2i-checkpoint", "version": 1, "task": "afhq", "config": {}, "payload": _RunsCode(marker)},
+               path)
+    return path
+
+
+def test_resume_from_a_malicious_checkpoint_runs_nothing_and_says_so(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    bad = _malicious_checkpoint(tmp_path / "000100.pt", marker)
+    assert train_main(["--resume", str(bad), "--run-dir", str(tmp_path / "run")]) == 2
+    assert not marker.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0]
+
+
+def test_init_from_a_malicious_file_runs_nothing_without_trust(tiny_afhq, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    bad = _malicious_checkpoint(tmp_path / "weights.ckpt", marker)
+    args = ["--data", str(tiny_afhq), "--run-dir", str(tmp_path / "run"), "--init-from", str(bad)]
+    for key, value in TINY.items():
+        args += [f"--{key}", str(value)]
+    assert train_main(args) == 2
+    assert not marker.exists()
+    err = capsys.readouterr().err
+    assert "--trust-checkpoint" in err and "Traceback" not in err
+
+
+def test_every_torch_load_goes_through_the_tensors_only_loader():
+    offenders = []
+    for folder in ("i2i", "evaluators", "apps"):
+        for path in (REPO / folder).rglob("*.py"):
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if re.search(r"\btorch\.load\(", line) and path.name != "weights.py":
+                    offenders.append(f"{path.relative_to(REPO)}:{number}")
+    assert offenders == [], f"torch.load outside i2i/weights.py (use safe_torch_load): {offenders}"
+    source = (REPO / "i2i" / "weights.py").read_text()
+    assert source.count("weights_only=False") == 1 and "if not trust:" in source
