@@ -26,7 +26,7 @@ from i2i.config import (
 )
 from i2i.cli import error_message
 from i2i.data.images import DatasetError
-from i2i.engine.checkpoint import latest_checkpoint, latest_valid_checkpoint, load_checkpoint
+from i2i.engine.checkpoint import CheckpointWriteError, latest_checkpoint, latest_valid_checkpoint, load_checkpoint
 from i2i.tasks import TASKS
 
 EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run: {run_dir}  task: {cfg.task}  method: {cfg.method}  device: {trainer.device}"
               + (f"  resuming from: {ckpt}" if ckpt else ""), file=sys.stderr)
         final = trainer.fit(resume_from=ckpt)
-    except (ConfigError, DatasetError, FileNotFoundError, TrainingDiverged) as error:
+    except (ConfigError, DatasetError, FileNotFoundError, TrainingDiverged, CheckpointWriteError) as error:
         if created and (trainer is None or trainer.iteration == 0):  # failed before its first iteration: no husk
             shutil.rmtree(run_dir, ignore_errors=True)
         print(f"error: {error_message(error)}", file=sys.stderr)

@@ -1,5 +1,6 @@
-"""No pickle from a file runs code unless the user says the file is trusted: resume, --init-from, and every torch.load
-in the code base goes through the tensors-only loader."""
+"""Files are handled safely: no pickle from a file runs code unless the user says the file is trusted (resume,
+--init-from, every torch.load in the code base goes through the tensors-only loader), and a checkpoint that cannot be
+written (disk full) is named while the last good one is kept."""
 from __future__ import annotations
 
 import os
@@ -61,3 +62,27 @@ def test_every_torch_load_goes_through_the_tensors_only_loader():
     assert offenders == [], f"torch.load outside i2i/weights.py (use safe_torch_load): {offenders}"
     source = (REPO / "i2i" / "weights.py").read_text()
     assert source.count("weights_only=False") == 1 and "if not trust:" in source
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_last_good_checkpoint(tiny_afhq, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import i2i.engine.checkpoint as checkpoint
+
+    real_save, calls = checkpoint.atomic_torch_save, []
+
+    def fills_up(obj, path):
+        calls.append(path)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real_save(obj, path)
+
+    monkeypatch.setattr(checkpoint, "atomic_torch_save", fills_up)
+    run = tmp_path / "run"
+    args = ["--data", str(tiny_afhq), "--run-dir", str(run)]
+    for key, value in {**TINY, "train.total_iters": 4, "train.save_every": 2}.items():
+        args += [f"--{key}", str(value)]
+    assert train_main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "000004.pt" in err and "No space left on device" in err and "000002.pt" in err
+    assert checkpoint.load_checkpoint(run / "checkpoints" / "000002.pt")["iteration"] == 2

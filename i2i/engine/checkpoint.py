@@ -57,6 +57,10 @@ def _plain(x: Any) -> Any:
     return x
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the message names the file and the last good checkpoint."""
+
+
 def checkpoint_path(run_dir: Path, iteration: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"{iteration:06d}.pt"
 
@@ -97,9 +101,16 @@ def latest_valid_checkpoint(run_dir: Path) -> Path | None:
 
 
 def save_checkpoint(run_dir: Path, state: dict, keep: int) -> Path:
-    """Writes RUN/checkpoints/{iteration}.pt atomically and deletes all but the newest `keep` checkpoints."""
+    """Writes RUN/checkpoints/{iteration}.pt atomically and deletes all but the newest `keep` checkpoints. A write
+    that fails (disk full, no permission) raises CheckpointWriteError naming the file and the last good checkpoint,
+    which is kept (old ones are only deleted after a successful write)."""
     path = checkpoint_path(run_dir, state["iteration"])
-    atomic_torch_save({"format": FORMAT, "version": VERSION, **state}, path)
+    try:
+        atomic_torch_save({"format": FORMAT, "version": VERSION, **state}, path)
+    except OSError as error:
+        last = latest_checkpoint(run_dir)
+        kept = f"the last good checkpoint is '{last}'" if last is not None else "no checkpoint was written yet"
+        raise CheckpointWriteError(f"could not write checkpoint '{path}': {error.strerror or error}; {kept}") from None
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path
