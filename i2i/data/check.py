@@ -36,14 +36,14 @@ def _read_cache(cache: Path) -> dict[str, list[int]]:
         return {}
 
 
-def check_files(checks: Sequence[Check], cache: Path | None | str = "default", workers: int | None = None,
+def check_files(checks: Sequence[Check], cache: Path | None = None, workers: int | None = None,
                 progress: bool = False) -> int:
     """Reads every file of `checks` not already known good; returns how many were read. Raises DatasetError with the
     first bad file's message (and how many more are bad) when any fails. `cache`: the record of good files (default
-    CACHE; None: no record)."""
-    cache = CACHE if cache == "default" else cache
-    known = _read_cache(cache) if cache is not None else {}
-    todo = [(path, load) for path, load in checks if known.get(str(path)) != _stamp(path) or _stamp(path) is None]
+    CACHE)."""
+    cache = cache or CACHE
+    known = _read_cache(cache)
+    todo = [(path, load) for path, load in checks if (stamp := _stamp(path)) is None or known.get(str(path)) != stamp]
     if not todo:
         return 0
 
@@ -61,10 +61,9 @@ def check_files(checks: Sequence[Check], cache: Path | None | str = "default", w
         results = list(tqdm(pool.map(run, todo), total=len(todo), desc="checking training files",
                             disable=not progress or len(todo) < 1000, unit="file"))
     bad = [message for message in results if message is not None]
-    if cache is not None:
-        good = {str(path): _stamp(path) for (path, _), message in zip(todo, results) if message is None}
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(cache, json.dumps({**_read_cache(cache), **good}))
+    good = {str(path): _stamp(path) for (path, _), message in zip(todo, results) if message is None}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cache, json.dumps({**_read_cache(cache), **good}))
     if bad:
         more = f" ({len(bad) - 1} more bad files among the {len(checks)} training files)" if len(bad) > 1 else ""
         raise DatasetError(bad[0] + more)

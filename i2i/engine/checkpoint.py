@@ -78,6 +78,13 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def remove_partial_writes(run_dir: Path) -> None:
+    """Deletes the temp files of checkpoint writes that a killed process left (`atomic_write` names them
+    `.NNNNNN.pt.*.tmp`); the checkpoints themselves are only ever renamed into place whole."""
+    for stale in (Path(run_dir) / "checkpoints").glob(".*.pt.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def checkpoint_damage(path: Path) -> str | None:
     """Why `path` cannot be a complete checkpoint, or None: torch writes a zip archive with a CRC-32 checksum per
     record, so a truncated file (no central directory) or a changed byte is found without unpickling anything."""

@@ -5,6 +5,8 @@ import json
 import time
 from pathlib import Path
 
+from i2i.fileio import atomic_write_text
+
 
 class RunLogger:
     """Appends to RUN/log.jsonl. `start`: the iteration the run continues from; records after it (written by a
@@ -50,8 +52,6 @@ def read_log(run_dir: Path) -> list[dict]:
 
 
 def _truncate_after(path: Path, start: int) -> None:
-    from i2i.fileio import atomic_write_text
-
     kept, dropped = [], False
     for line in path.read_text(encoding="utf-8").splitlines():
         try:

@@ -61,10 +61,15 @@ class InitReport:
         atomic_write_text(Path(run_dir) / INIT_RECORD, json.dumps(asdict(self), indent=1) + "\n")
 
 
+def _fitting(net: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The tensors of `state` that `net` has under the same name and shape."""
+    own = net.state_dict()
+    return {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+
+
 def load_matching(net: nn.Module, state: Mapping[str, Tensor]) -> NetReport:
     """Copy into `net` every tensor of `state` whose name and shape match; the rest of `net` is left as it is."""
-    own = net.state_dict()
-    taken = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    own, taken = net.state_dict(), _fitting(net, state)
     with torch.no_grad():
         for key, value in taken.items():
             own[key].copy_(value.to(own[key].dtype))
@@ -107,9 +112,7 @@ def init_from(task, nets: dict[str, nn.Module], path: str | Path, trust: bool = 
     file shares no tensor with the nets (a ValueError says so)."""
     fmt, states = read_pretrained(task, path, trust)
     targets = {name: states[name] for name in nets if name in states}
-    own = {name: nets[name].state_dict() for name in targets}
-    if not any(k in own[name] and tuple(v.shape) == tuple(own[name][k].shape)
-               for name, state in targets.items() for k, v in state.items()):
+    if not any(_fitting(nets[name], state) for name, state in targets.items()):
         raise ValueError(f"--init-from: '{path}' ({fmt}) has no tensor that fits this run's nets {sorted(nets)} "
                          f"(it holds weights for {sorted(states)}); check the task and the model options")
     reports = {name: load_matching(nets[name], state) for name, state in targets.items()}

@@ -26,8 +26,8 @@ from torchvision.utils import save_image
 from i2i.config import Config, ConfigError, save_config
 from i2i.data.check import check_files
 from i2i.engine import distributed, pretrained
-from i2i.engine.checkpoint import (capture_rng, checkpoint_path, latest_checkpoint, load_checkpoint, restore_rng,
-                                   save_checkpoint)
+from i2i.engine.checkpoint import (capture_rng, checkpoint_path, latest_checkpoint, load_checkpoint,
+                                   remove_partial_writes, restore_rng, save_checkpoint)
 from i2i.engine.logging import RunLogger
 from i2i.mixing import Regularizers
 from i2i.tasks import task_class
@@ -133,9 +133,8 @@ class Trainer:
             self.regs.feature_mix.reduce = distributed.mean_over_ranks
         start = 0
         if resume_from is not None:
-            if self.dist.is_main:  # partial checkpoint writes of a killed process
-                for stale in (self.run_dir / "checkpoints").glob(".*.pt.*.tmp"):
-                    stale.unlink(missing_ok=True)
+            if self.dist.is_main:
+                remove_partial_writes(self.run_dir)
             start = self.load_state(load_checkpoint(resume_from))
             self.last_checkpoint = resume_from
         self.sample_inputs = task.sample_inputs()
