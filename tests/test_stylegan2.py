@@ -11,23 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from i2i.nets.stylegan2 import (
-    D_REG_EVERY,
-    R1_GAMMA,
-    Discriminator,
-    Generator,
-    ModulatedConv2d,
-    NoiseInjection,
-    d_logistic_loss,
-    d_r1_loss,
-    g_nonsaturating_loss,
-    g_path_regularize,
-    generator_args_from_state,
-    lazy_adam_settings,
-    load_into,
-    load_rosinality_checkpoint,
-    upfirdn2d,
-)
+from i2i.nets.stylegan2 import Discriminator, Generator, ModulatedConv2d, NoiseInjection, upfirdn2d
+from i2i.nets.stylegan2_io import generator_args_from_state, load_into, load_rosinality_checkpoint
+from i2i.nets.stylegan2_losses import (D_REG_EVERY, R1_GAMMA, d_logistic_loss, d_r1_loss, g_nonsaturating_loss,
+                                       g_path_regularize, lazy_adam_settings)
 from i2i.weights import UntrustedCheckpointError
 from tests.fixture_weights import FIXTURES, deterministic_state_dict, fixture
 

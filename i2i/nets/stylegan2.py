@@ -15,22 +15,18 @@ Differences from the reference, none of which changes a result:
   `head` split used by AdaptiveMix.
 
 Images are (N, 3, size, size), nominally in [-1, 1] (the generator has no output activation, so its images are
-unbounded); latents z and styles w are (N, style_dim).
+unbounded); latents z and styles w are (N, style_dim). Losses: `i2i.nets.stylegan2_losses`; checkpoints:
+`i2i.nets.stylegan2_io`.
 """
 from __future__ import annotations
 
-import argparse
 import math
-import os
-import re
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, autograd, nn
+from torch import Tensor, nn
 
-from i2i.weights import safe_torch_load, strip_module_prefix
 
 LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2)  # keeps the activations' second moment at 1 through a leaky ReLU
@@ -39,14 +35,6 @@ DEMOD_EPS = 1e-8
 STDDEV_GROUP = 4
 CHANNEL_MAX = 512
 SUPPORTED_SIZES = (4, 8, 16, 32, 64, 128, 256, 512, 1024)
-CHECKPOINT_NETS = ("g", "d", "g_ema")  # rosinality's train.py; convert_weight.py writes g_ema (+ g, d) and latent_avg
-# Reference training recipe (train.py defaults); the translator's trainer owns the loop, these are its settings.
-R1_GAMMA = 10.0
-D_REG_EVERY = 16
-PATH_REG_WEIGHT = 2.0
-G_REG_EVERY = 4
-G_EMA_DECAY = 0.5 ** (32 / 10_000)
-_SHOWN_KEYS = 5
 
 
 def _is_tracing() -> bool:
@@ -553,136 +541,3 @@ class Discriminator(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
-
-
-# ----------------------------------------------------------------------------------------------- losses
-def d_logistic_loss(real_pred: Tensor, fake_pred: Tensor) -> Tensor:
-    """Discriminator logistic loss: mean softplus(-D(real)) + mean softplus(D(fake))."""
-    return F.softplus(-real_pred).mean() + F.softplus(fake_pred).mean()
-
-
-def g_nonsaturating_loss(fake_pred: Tensor) -> Tensor:
-    """Generator non-saturating loss: mean softplus(-D(fake))."""
-    return F.softplus(-fake_pred).mean()
-
-
-def d_r1_loss(real_pred: Tensor, real_img: Tensor) -> Tensor:
-    """R1 penalty: mean over samples of |d D(real) / d real|^2, with the graph kept for the double backward.
-
-    real_img must require grad before D(real_img) is computed. With lazy regularisation (every D_REG_EVERY steps)
-    the reference backpropagates R1_GAMMA / 2 * r1 * D_REG_EVERY.
-    """
-    if not real_img.requires_grad:
-        raise ValueError("d_r1_loss: real_img must require grad (call real_img.requires_grad_(True) before D(real_img))")
-    (grad,) = autograd.grad(outputs=real_pred.sum(), inputs=real_img, create_graph=True)
-    return grad.pow(2).reshape(grad.shape[0], -1).sum(1).mean()
-
-
-def g_path_regularize(fake_img: Tensor, latents: Tensor, mean_path_length: float | Tensor,
-                      decay: float = 0.01) -> tuple[Tensor, Tensor, Tensor]:
-    """Path-length penalty: (penalty, updated running mean (detached), per-sample path lengths (N,)).
-
-    fake_img, latents = G(styles, return_latents=True); the path length is |J^T y| for y ~ N(0, I) / sqrt(H W),
-    and the penalty its squared deviation from the running mean. The reference weights it by PATH_REG_WEIGHT *
-    G_REG_EVERY.
-    """
-    if not latents.requires_grad:
-        raise ValueError("g_path_regularize: latents must be part of the graph "
-                         "(G(..., return_latents=True) with grad enabled)")
-    noise = torch.randn_like(fake_img) / math.sqrt(fake_img.shape[2] * fake_img.shape[3])
-    (grad,) = autograd.grad(outputs=(fake_img * noise).sum(), inputs=latents, create_graph=True)
-    path_lengths = torch.sqrt(grad.pow(2).sum(2).mean(1))
-    path_mean = mean_path_length + decay * (path_lengths.mean() - mean_path_length)
-    return (path_lengths - path_mean).pow(2).mean(), path_mean.detach(), path_lengths
-
-
-def lazy_adam_settings(lr: float, reg_every: int) -> dict[str, object]:
-    """Adam kwargs that compensate lazy regularisation: lr * c and betas (0, 0.99 ** c), c = reg_every / (reg_every + 1).
-
-    The reference uses G_REG_EVERY for G's optimiser and D_REG_EVERY for D's.
-    """
-    c = reg_every / (reg_every + 1)
-    return {"lr": lr * c, "betas": (0.0**c, 0.99**c)}
-
-
-# ----------------------------------------------------------------------------------------------- checkpoint IO
-def load_rosinality_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> dict[str, dict[str, Tensor]]:
-    """{net: state_dict} for the entries 'g', 'd', 'g_ema' found in a rosinality checkpoint, `module.` stripped.
-
-    train.py also stores the argparse options ('args'); that Namespace of plain values is allowed in the tensors-only
-    unpickling, so no trust is needed for the reference's own files. Anything else that needs a full unpickle
-    requires `trust` (see `i2i.weights.safe_torch_load`). Tensors are loaded on the CPU.
-    """
-    path = Path(path)
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        content = safe_torch_load(path, trust=trust)
-    if not isinstance(content, Mapping):
-        raise ValueError(f"'{path}' is not a rosinality StyleGAN2 checkpoint: expected a dict with entries "
-                         f"{list(CHECKPOINT_NETS)}, got {type(content).__name__}")
-    found = [name for name in CHECKPOINT_NETS if name in content]
-    if not found:
-        shown = [str(k) for k in list(content)[:_SHOWN_KEYS]]
-        bare = any(k.startswith(("style.", "convs.")) for k in shown)
-        hint = " (a bare state_dict? load it with net.load_state_dict)" if bare else ""
-        raise ValueError(f"'{path}' is not a rosinality StyleGAN2 checkpoint: none of {list(CHECKPOINT_NETS)} in it, "
-                         f"it holds {shown}{hint}")
-    state: dict[str, dict[str, Tensor]] = {}
-    for name in found:
-        entry = content[name]
-        if not isinstance(entry, Mapping) or not all(isinstance(v, Tensor) for v in entry.values()):
-            raise ValueError(f"'{path}': entry '{name}' is not a state_dict of tensors")
-        state[name] = strip_module_prefix(entry)
-    return state
-
-
-def generator_args_from_state(state: Mapping[str, Tensor]) -> dict[str, int]:
-    """Generator constructor arguments implied by a generator state dict: size, style_dim, n_mlp and, for sizes >= 64
-    (below, every layer has 512 channels), channel_multiplier."""
-    noises = [k for k in state if re.fullmatch(r"noises\.noise_\d+", k)]
-    if "conv1.conv.modulation.weight" not in state or not noises:
-        raise ValueError("not a StyleGAN2 generator state dict (no conv1.conv.modulation.weight / noises.noise_k)")
-    args = {"size": 2 ** ((len(noises) - 1) // 2 + 2), "style_dim": int(state["conv1.conv.modulation.weight"].shape[1]),
-            "n_mlp": sum(1 for k in state if re.fullmatch(r"style\.\d+\.weight", k))}
-    if "convs.6.conv.weight" in state:  # the first conv at 64 px
-        args["channel_multiplier"] = int(state["convs.6.conv.weight"].shape[1]) // 256
-    return args
-
-
-def _state_problems(net: nn.Module, state: Mapping[str, Tensor]) -> list[str]:
-    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    missing = [f"{k} {shape}" for k, shape in expected.items() if k not in state]
-    unexpected = [f"{k} {tuple(v.shape)}" for k, v in state.items() if k not in expected]
-    mismatched = [f"{k}: file {tuple(v.shape)} vs net {expected[k]}"
-                  for k, v in state.items() if k in expected and tuple(v.shape) != expected[k]]
-    return [f"{len(keys)} {kind} (e.g. {'; '.join(keys[:_SHOWN_KEYS])})"
-            for kind, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                               ("shape mismatches", mismatched)) if keys]
-
-
-def _describe(net: nn.Module, state: Mapping[str, Tensor]) -> str:
-    if isinstance(net, Generator):
-        mine = f"size={net.size}, style_dim={net.style_dim}, n_mlp={len(net.style) - 1}"
-        try:
-            theirs = ", ".join(f"{k}={v}" for k, v in generator_args_from_state(state).items())
-        except ValueError:
-            return f" The net is Generator({mine}); the file's entry is not a generator."
-        return f" The net is Generator({mine}, ...); the file's entry fits Generator({theirs})."
-    return " Check size, channel_multiplier and channel_max."
-
-
-def load_into(nets: Mapping[str, nn.Module], state: Mapping[str, Mapping[str, Tensor]], *,
-              source: str | os.PathLike | None = None) -> None:
-    """Strict load of `state` ({'g'|'d'|'g_ema': state_dict}, e.g. from `load_rosinality_checkpoint`) into `nets`
-    (same keys, e.g. {'g_ema': G, 'd': D}). Every net is checked before any changes; errors name the net and file."""
-    origin = f"'{source}'" if source is not None else "the given state"
-    absent = [name for name in nets if name not in state]
-    if absent:
-        raise ValueError(f"{origin} has no weights for {absent}; it holds {sorted(state)}")
-    for name, net in nets.items():
-        problems = _state_problems(net, state[name])
-        if problems:
-            raise ValueError(f"cannot load '{name}' ({type(net).__name__}) from {origin}: " + "; ".join(problems) + "."
-                             + _describe(net, state[name]))
-    for name, net in nets.items():
-        net.load_state_dict(state[name], strict=True)
-

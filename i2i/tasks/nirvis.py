@@ -29,8 +29,9 @@ from i2i.data.nirvis import NIRVISTrainStream, load_face, load_recognition_proto
 from i2i.data.synthetic import make_nirvis
 from i2i.fileio import atomic_write_text
 from i2i.nets.lightcnn import FEATURE_DIM, LightCNN29v2, faces_to_lightcnn_input
-from i2i.nets.stylegan2 import (D_REG_EVERY, R1_GAMMA, Discriminator, Generator, d_r1_loss,
-                                g_nonsaturating_loss, lazy_adam_settings, load_rosinality_checkpoint)
+from i2i.nets.stylegan2 import Discriminator, Generator
+from i2i.nets.stylegan2_io import load_rosinality_checkpoint
+from i2i.nets.stylegan2_losses import D_REG_EVERY, R1_GAMMA, d_r1_loss, g_nonsaturating_loss, lazy_adam_settings
 from i2i.serving import GraphSpec, TensorSpec
 from i2i.tasks.base import Branch, Codes, Critic, ExportGraph, GraphModule, Negatives, Task
 from i2i.tasks.face_encoder import EncoderTraining, identity_encoder
