@@ -11,11 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
+import evaluators.proxy_segmenter as proxy_seg
 import evaluators.segmentation as seg
 from evaluators.nets.drn import DRNSeg
+from evaluators.proxy_segmenter import train_segmenter
 from evaluators.segmentation import (IGNORE_INDEX, LABEL_ID_TO_TRAIN_ID, SEGMENTERS, TRAIN_CLASSES, Segmenter,
                                      build_segmenter, confusion_matrix, evaluate_segmentation, label_to_train_id,
-                                     scores, segment, train_segmenter)
+                                     scores, segment)
 from i2i.weights import MissingWeightsError
 
 
@@ -315,17 +317,17 @@ def test_train_segmenter_learns_and_caches(tmp_path, monkeypatch):
     assert result["segmenter"] == "proxy" and result["segmenter_mark"] == "†" and not result["segmenter_calibrated"]
     assert result["segmenter_val_miou"] == proxy.val_miou
     # the second call loads the cached file instead of training
-    monkeypatch.setattr(seg, "_fit", lambda *a, **k: pytest.fail("the cached segmenter was retrained"))
+    monkeypatch.setattr(proxy_seg, "_fit", lambda *a, **k: pytest.fail("the cached segmenter was retrained"))
     cached = train_segmenter(photos, maps, **settings)
     assert cached.source == proxy.source and cached.val_miou == proxy.val_miou
     assert torch.equal(cached.predict(held_out_photos), proxy.predict(held_out_photos))
     assert build_segmenter("proxy", weights_path=proxy.source).name == "proxy"
     # other data or settings are another cache entry
-    config = seg.SegmenterConfig(image_size=(32, 64), width=0.25, steps=70, lr=5e-3)
-    key = seg.segmenter_dataset_key(photos, maps)
-    assert str(seg._cache_path(tmp_path, key, config, "labelIds")) == proxy.source
-    assert seg._cache_path(tmp_path, seg.segmenter_dataset_key(photos[1:], maps[1:]), config, "labelIds") != \
-        seg._cache_path(tmp_path, key, config, "labelIds")
+    config = proxy_seg.SegmenterConfig(image_size=(32, 64), width=0.25, steps=70, lr=5e-3)
+    key = proxy_seg.segmenter_dataset_key(photos, maps)
+    assert str(proxy_seg._cache_path(tmp_path, key, config, "labelIds")) == proxy.source
+    assert proxy_seg._cache_path(tmp_path, proxy_seg.segmenter_dataset_key(photos[1:], maps[1:]), config, "labelIds") != \
+        proxy_seg._cache_path(tmp_path, key, config, "labelIds")
 
 
 def test_train_segmenter_reads_files_and_checks_inputs(tmp_path):
@@ -337,13 +339,13 @@ def test_train_segmenter_reads_files_and_checks_inputs(tmp_path):
         pixels = ((photos[k].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
         Image.fromarray(pixels).save(photo_files[-1])
         Image.fromarray(maps[k].numpy().astype(np.uint8)).save(map_files[-1])
-    x, y = seg._training_data(photo_files, map_files, (16, 32), "labelIds", progress=False)
+    x, y = proxy_seg._training_data(photo_files, map_files, (16, 32), "labelIds", progress=False)
     assert x.shape == (4, 3, 16, 32) and x.dtype == torch.uint8 and y.shape == (4, 16, 32)
     assert set(np.unique(y.numpy())) <= {0, 1, 2, 8, 10, 13, 255}
-    assert seg.segmenter_dataset_key(photo_files, map_files) == seg.segmenter_dataset_key(photo_files[::-1],
+    assert proxy_seg.segmenter_dataset_key(photo_files, map_files) == proxy_seg.segmenter_dataset_key(photo_files[::-1],
                                                                                           map_files[::-1])
     with pytest.raises(FileNotFoundError, match="absent.png"):
-        seg._training_data([tmp_path / "absent.png"], map_files[:1], (16, 32), "labelIds", progress=False)
+        proxy_seg._training_data([tmp_path / "absent.png"], map_files[:1], (16, 32), "labelIds", progress=False)
     with pytest.raises(ValueError, match="every training pixel is ignored"):
         train_segmenter(photos, torch.zeros_like(maps), cache_dir=tmp_path, image_size=(16, 32), steps=1,
                         progress=False)

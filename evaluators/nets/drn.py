@@ -18,7 +18,7 @@ Inputs are RGB in [0, 1] normalised with the Cityscapes statistics `CITYSCAPES_M
     log_probs, logits = net(normalize(images01))       # (N, 19, H, W), (N, 19, H/8, W/8)
 
 `width` scales every channel count (not the Bottleneck expansion): `DRNSeg("drn_d_22", 19, width=0.25)` is a
-~1M-parameter segmenter that trains on a CPU in minutes at 64-128 px (evaluators.segmentation.train_segmenter).
+~1M-parameter segmenter that trains on a CPU in minutes at 64-128 px (evaluators.proxy_segmenter.train_segmenter).
 """
 from __future__ import annotations
 

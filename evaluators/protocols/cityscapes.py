@@ -3,7 +3,7 @@ map, segment it, score the segmentation against the map; FID of the generated sc
 photos.
 
 - Segmenter: DRN-D-105 trained on Cityscapes (the official `drn-d-105_ms_cityscapes.pth`), or a proxy DRN trained on
-  the data set's own training photos (`evaluators.segmentation.train_segmenter`, †) where those weights do not apply
+  the data set's own training photos (`evaluators.proxy_segmenter.train_segmenter`, †) where those weights do not apply
   (the procedural set). Every result names the segmenter.
 - mIoU over the 19 trainId classes and pixel accuracy in both conventions (all pixels in the denominator — SPADE's —
   and labelled pixels only); resolution convention "full" (scenes upsampled to the label maps' resolution) or
@@ -27,7 +27,8 @@ from tqdm import tqdm
 from evaluators.fid import FeatureBackbone, build_backbone, extract_features, fid_from_features
 from evaluators.nets.drn import normalize
 from evaluators.protocols.afhq import quantize_8bit, write_result
-from evaluators.segmentation import Segmenter, build_segmenter, evaluate_segmentation, train_segmenter
+from evaluators.proxy_segmenter import train_segmenter
+from evaluators.segmentation import Segmenter, build_segmenter, evaluate_segmentation
 from evaluators.tables import FORMAT, VERSION, validate_result
 from i2i.data.cityscapes import CityscapesIndex, eval_loader, load_label_ids, scan_cityscapes
 from i2i.engine.inference import load_run
