@@ -3,7 +3,8 @@
 One module per dataset, sharing the folder lifecycle and the painter of `common.py`:
 - `animals.py`: three animal-face domains in the AFHQ layout (`make_afhq`);
 - `streets.py`: street scenes in the Cityscapes layout with real labelIds, instance ids and the official colour
-  palette (`make_cityscapes`, `CITYSCAPES_LABELS`, `CITYSCAPES_PALETTE`, `colorize_labels`, `labels_from_colors`);
+  palette (`make_cityscapes`, `CITYSCAPES_LABELS`, `CITYSCAPES_PALETTE`, `colorize_labels`, `labels_from_colors`),
+  drawn with `street_canvas.py` (canvas, label ids) and `street_things.py` (cars, people, poles, trees);
 - `faces.py`: NIR and VIS faces of many identities in the CASIA NIR-VIS 2.0 layout with its protocol files
   (`make_nirvis`).
 
