@@ -41,6 +41,7 @@ class DataConfig:
     synthetic: bool = False  # generate the procedural dataset at `root` when it is missing
     fold: str = "1"  # nirvis: the CASIA NIR-VIS 2.0 protocol fold (1..10, or dev for View 1)
     pairs: str = "all"  # nirvis: all training pairs, or one NIR-VIS pair per identity (the paper's extreme setting)
+    skip_bad_images: bool = False  # train without the training files that fail the start-up check (listed in the manifest)
 
 
 @dataclass
@@ -332,6 +333,8 @@ SWITCHES: dict[str, tuple[str, Any, str]] = {
     "--pcr": ("regularizers.pcr", True, "PCR: pixel-wise combinations of real pairs as extra negatives"),
     "--sample-correction": ("regularizers.sample_correction", True, "swap too-realistic fakes out of D's batch"),
     "--amp": ("train.amp", True, "bfloat16 autocast on CUDA"),
+    "--skip-bad-images": ("data.skip_bad_images", True,
+                          "drop training files that fail the start-up check (logged, recorded in the manifest)"),
     "--trust-checkpoint": ("train.trust_checkpoint", True,
                            "allow --init-from to fully unpickle its file (can run code from it: trusted files only)"),
     "--pretrain-encoder": ("model.pretrain_encoder", True,

@@ -71,6 +71,14 @@ class ImageIndex:
         labels = [label for label, name in enumerate(domains) for _ in groups[name]]
         return cls(root=root, domains=domains, files=files, labels=labels)
 
+    def without(self, bad: set[Path]) -> "ImageIndex":
+        """The index minus the files in `bad` (--skip-bad-images); DatasetError when a domain would be left empty."""
+        groups = {name: [path for path in files if path not in bad] for name, files in self.per_domain().items()}
+        emptied = [name for name, files in groups.items() if not files]
+        if emptied:
+            raise DatasetError(f"'{self.root}': no good training image left in domain(s) {emptied}")
+        return ImageIndex.from_groups(self.root, groups)
+
 
 def scan_split(root: str | Path, split: str) -> ImageIndex:
     """Index `root/<split>/<domain>/*`: domains are the sorted non-hidden sub-folders (at least two), files the sorted

@@ -85,6 +85,14 @@ class CityscapesIndex:
     def __len__(self) -> int:
         return len(self.samples)
 
+    def without(self, bad: set[Path]) -> "CityscapesIndex":
+        """The index minus every frame one of whose three files is in `bad` (--skip-bad-images); DatasetError when
+        no frame is left."""
+        kept = tuple(s for s in self.samples if not {s.image, s.label, s.instance} & bad)
+        if not kept:
+            raise DatasetError(f"'{self.root}': no good {self.split} frame left")
+        return CityscapesIndex(self.root, self.split, kept)
+
 
 def _sample_for(root: Path, split: str, city: str, photo: Path) -> CityscapesSample:
     """The sample of a photo `leftImg8bit/<split>/<city>/<name>_leftImg8bit.<ext>` (label paths derived, unchecked)."""

@@ -148,6 +148,17 @@ class NIRVISTrainSet:
     def __len__(self) -> int:
         return len(self.subjects)
 
+    def without(self, bad: set[Path]) -> "NIRVISTrainSet":
+        """The set minus the files in `bad` (--skip-bad-images); an identity left without a NIR or a VIS image is
+        dropped (the later identities' labels shift down). DatasetError when no identity is left."""
+        kept = [(subject, tuple(p for p in nir if p not in bad), tuple(p for p in vis if p not in bad))
+                for subject, nir, vis in zip(self.subjects, self.nir, self.vis)]
+        kept = [entry for entry in kept if entry[1] and entry[2]]
+        if not kept:
+            raise DatasetError(f"'{self.root}': no identity of fold {self.fold} is left with a good NIR and VIS image")
+        subjects, nir, vis = zip(*kept)
+        return NIRVISTrainSet(self.root, self.fold, subjects, nir, vis)
+
     @property
     def nir_files(self) -> list[tuple[int, Path]]:
         """(identity label, NIR file) for every NIR image, identity by identity."""

@@ -12,8 +12,10 @@ One iteration (StarGAN v2's official order: all D steps, then all G steps):
 from __future__ import annotations
 
 import copy
+import json
 import math
 import signal
+import sys
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -24,7 +26,7 @@ from torch import Tensor, nn
 from torchvision.utils import save_image
 
 from i2i.config import Config, ConfigError, save_config
-from i2i.data.check import check_files
+from i2i.data.check import bad_files_error, find_bad_files, record_skipped
 from i2i.engine import distributed, pretrained
 from i2i.engine.checkpoint import (capture_rng, checkpoint_path, latest_checkpoint, load_checkpoint,
                                    remove_partial_writes, restore_rng, save_checkpoint)
@@ -99,15 +101,37 @@ class Trainer:
         self.iteration = 0
 
     # -- set-up --------------------------------------------------------------------------------------------------
+    def check_data(self) -> None:
+        """Rank 0 reads every training file once now, not hours into the run: a bad one stops the run naming it, or
+        with data.skip_bad_images is dropped, logged and listed in the run's manifest under `skipped` (the other
+        ranks then read that manifest)."""
+        if not self.dist.is_main:
+            return
+        checks = self.task.data_checks()
+        _, bad = find_bad_files(checks, progress=self.cfg.train.progress)
+        if not bad:
+            return
+        if not self.cfg.data.skip_bad_images:
+            raise bad_files_error(bad, len(checks))
+        manifest = self.run_dir / "data_manifest.json"
+        earlier = json.loads(manifest.read_text()).get("skipped", []) if manifest.is_file() else []
+        self.task.drop_files(set(bad))
+        self.task.write_manifest(self.run_dir)
+        record_skipped(manifest, earlier, bad)
+        for message in bad.values():
+            print(f"warning: skipping a bad training file (--skip-bad-images): {message}", file=sys.stderr)
+        print(f"warning: skipped {len(bad)} of {len(checks)} training files; '{manifest}' lists them under 'skipped'",
+              file=sys.stderr)
+
     def setup(self, resume_from: Path | None) -> int:
         """Builds data, nets, EMA, optimisers and regularizers; loads `resume_from`. Returns the start iteration."""
         cfg, task = self.cfg, self.task
         torch.manual_seed(cfg.train.seed)  # the same on every rank: identical initial weights and random draws
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with self._main_rank_first():  # one rank generates a missing procedural set or pretrains an encoder
-            task.prepare_data(self.run_dir, resume=resume_from is not None)
-            if self.dist.is_main:  # every training file read once now, not hours into the run
-                check_files(task.data_checks(), progress=cfg.train.progress)
+            # the other ranks read the manifest rank 0 wrote (and, with --skip-bad-images, pruned)
+            task.prepare_data(self.run_dir, resume=resume_from is not None or not self.dist.is_main)
+            self.check_data()
             if self.dist.is_main:
                 save_config(cfg, self.run_dir / "config.yaml")
             nets = task.build()

@@ -133,8 +133,7 @@ class AFHQTask(Task):
             self.train_index = read_manifest(manifest, root)
         else:
             self.train_index = select_fraction(scan_split(root, "train"), d.frac, self.cfg.train.seed)
-            write_manifest(manifest, self.train_index, split="train", frac=d.frac, seed=self.cfg.train.seed,
-                           source_root=root)
+            self.write_manifest(run_dir)
         self.val_index = scan_split(root, "val")
         if self.val_index.domains != self.train_index.domains:
             raise DatasetError(f"'{root}': train domains {self.train_index.domains} differ from val domains "
@@ -143,6 +142,13 @@ class AFHQTask(Task):
 
     def data_checks(self) -> list[tuple[Path, Callable[[Path], object]]]:
         return [(path, load_rgb) for path in self.train_index.files]
+
+    def drop_files(self, bad: set[Path]) -> None:
+        self.train_index = self.train_index.without(bad)
+
+    def write_manifest(self, run_dir: Path) -> None:
+        write_manifest(Path(run_dir) / "data_manifest.json", self.train_index, split="train", frac=self.cfg.data.frac,
+                       seed=self.cfg.train.seed, source_root=self.cfg.data.root)
 
     def build(self) -> dict[str, nn.Module]:
         m, S = self.cfg.model, self.cfg.data.img_size

@@ -25,9 +25,9 @@ from torch import Tensor, nn
 from torchvision.utils import make_grid
 
 from i2i.config import ConfigError, default_config
-from i2i.data.cityscapes import (SEMANTIC_CHANNELS, CityscapesTrainStream, colorize_labels, eval_loader,
-                                 instance_edges, load_instance_ids, load_label_ids, make_semantics, scan_cityscapes,
-                                 train_index_for_run)
+from i2i.data.cityscapes import (MANIFEST_NAME, SEMANTIC_CHANNELS, CityscapesTrainStream, colorize_labels,
+                                 eval_loader, instance_edges, load_instance_ids, load_label_ids, make_semantics,
+                                 scan_cityscapes, train_index_for_run, write_manifest)
 from i2i.data.images import DatasetError, load_rgb
 from i2i.data.cityscapes_labels import CITYSCAPES_LABELS, CITYSCAPES_PALETTE, NUM_LABEL_IDS
 from i2i.data.synthetic.streets import make_cityscapes
@@ -138,6 +138,13 @@ class CityscapesTask(Task):
     def data_checks(self) -> list[tuple[Path, Callable[[Path], object]]]:
         return [check for s in self.train_index.samples
                 for check in ((s.image, load_rgb), (s.label, load_label_ids), (s.instance, load_instance_ids))]
+
+    def drop_files(self, bad: set[Path]) -> None:
+        self.train_index = self.train_index.without(bad)
+
+    def write_manifest(self, run_dir: Path) -> None:
+        write_manifest(Path(run_dir) / MANIFEST_NAME, self.train_index, frac=self.cfg.data.frac,
+                       seed=self.cfg.train.seed, source_root=self.cfg.data.root)
 
     def build(self) -> dict[str, nn.Module]:
         m = self.cfg.model

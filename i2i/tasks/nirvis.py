@@ -25,7 +25,8 @@ from torchvision.utils import make_grid
 
 from i2i.config import ConfigError
 from i2i.data.images import DatasetError, load_rgb
-from i2i.data.nirvis import NIRVISTrainStream, load_face, load_recognition_protocol, train_set_for_run
+from i2i.data.nirvis import (MANIFEST_NAME, NIRVISTrainStream, load_face, load_recognition_protocol, train_set_for_run,
+                             write_manifest)
 from i2i.data.synthetic import make_nirvis
 from i2i.fileio import atomic_write_text
 from i2i.nets.lightcnn import FEATURE_DIM, LightCNN29v2, faces_to_lightcnn_input
@@ -100,6 +101,14 @@ class NIRVISTask(Task):
     def data_checks(self) -> list[tuple[Path, Callable[[Path], object]]]:
         return [(path, load_rgb) for group in (self.train_set.nir, self.train_set.vis) for paths in group
                 for path in paths]
+
+    def drop_files(self, bad: set[Path]) -> None:
+        self.train_set = self.train_set.without(bad)
+
+    def write_manifest(self, run_dir: Path) -> None:
+        d = self.cfg.data
+        write_manifest(Path(run_dir) / MANIFEST_NAME, self.train_set, frac=d.frac, seed=self.cfg.train.seed,
+                       pairs=d.pairs, source_root=d.root)
 
     def build(self) -> dict[str, nn.Module]:
         m, S = self.cfg.model, self.cfg.data.img_size
