@@ -52,6 +52,10 @@ class TrainConfig:
     seed: int = 777
     device: str = "auto"  # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
     amp: bool = False  # bfloat16 autocast on CUDA; ignored on CPU
+    # keep the first branch's D-step fakes with their graph for its G step (G has not changed in between): one
+    # generator forward per iteration saved, for holding those activations through the D steps; false: translate
+    # again, as the official code does (same results)
+    reuse_fakes: bool = True
     channels_last: bool = True  # NHWC memory format for nets and image batches (faster convolutions on CPU and GPU)
     ema_beta: float = 0.999
     # "official": the EMA copy starts from PyTorch's default init, as in clovaai/stargan-v2 (the copy is made before

@@ -56,6 +56,18 @@ def test_p_zero_equals_baseline_bit_for_bit(tiny_config, tmp_path):
         assert_same_tree(a[key], b[key], key)
 
 
+@pytest.mark.parametrize("method", [{}, {"remix.method": "remix", "remix.p": 1.0, "regularizers.diffaug": "color"}],
+                         ids=["baseline", "remix+diffaug"])
+def test_reusing_the_d_step_fakes_in_the_g_step_changes_nothing(tiny_config, tmp_path, method):
+    """The G step takes its branch's D-step fakes (G unchanged in between) instead of translating again: the run's
+    weights and optimiser states equal those of the official recomputation, bit for bit."""
+    runs = {reuse: Trainer(tiny_config(**{**method, "train.total_iters": 3, "train.reuse_fakes": reuse}),
+                           tmp_path / str(reuse)).fit() for reuse in (True, False)}
+    a, b = load_checkpoint(runs[True]), load_checkpoint(runs[False])
+    for key in ("nets", "nets_ema", "optimizers"):
+        assert_same_tree(a[key], b[key], key)
+
+
 @pytest.mark.parametrize("branch_name, stepped", [("latent", {"generator", "mapping_network", "style_encoder"}),
                                                  ("reference", {"generator", "style_encoder"})])
 def test_relative_content_loss_reaches_generator_mapping_and_style_encoder(tiny_config, tmp_path, branch_name, stepped):

@@ -238,10 +238,15 @@ class Trainer:
         for name in net_names:
             self.optimizers[name].step()
 
-    def d_step(self, branch: Branch, step: int) -> dict[str, float]:
+    def d_step(self, branch: Branch, step: int, keep_fakes: bool = False) -> dict[str, float]:
+        """keep_fakes: the fakes keep their graph and the branch's G step uses them instead of translating again
+        (only valid when no G step runs in between)."""
         task, regs = self.task, self.regs
-        with torch.no_grad(), self.autocast():
-            _, fake = self.translate(branch)
+        with nullcontext() if keep_fakes else torch.no_grad(), self.autocast():
+            codes, fake = self.translate(branch)
+        if keep_fakes:
+            branch.translation = (codes, fake)
+            fake = fake.detach()
         real_a, real_b = task.real_pair(branch)
         fake, cond = regs.correct_fakes(regs.mix_fakes(real_a, fake), branch.cond_fake)
         negatives = Negatives(regs.negative_sets(fake, cond, real_a, real_b, task.real_condition(branch)))
@@ -255,7 +260,8 @@ class Trainer:
     def g_step(self, branch: Branch, step: int) -> dict[str, float]:
         task, regs = self.task, self.regs
         with self.autocast():
-            codes, fake = self.translate(branch)
+            codes, fake = branch.translation or self.translate(branch)
+            branch.translation = None
             loss, logs = task.g_loss(branch, regs.critic(task, for_generator=True), fake, codes)
             targets = task.targets(branch, codes)
             content, mix_logs = regs.feature_mix.content_loss(
@@ -298,8 +304,10 @@ class Trainer:
                 logs.update(self.g_step(branch, step))
                 logs.update(self.d_step(branch, step))
         else:
-            for branch in branches:
-                logs.update(self.d_step(branch, step))
+            # only D steps run between the first branch's D step and its G step, so G is unchanged and its D-step
+            # fakes are its G-step fakes (the later branches' G steps follow an update of G)
+            for k, branch in enumerate(branches):
+                logs.update(self.d_step(branch, step, keep_fakes=k == 0 and self.cfg.train.reuse_fakes))
             for branch in branches:
                 logs.update(self.g_step(branch, step))
         if self.dist.enabled and self.device.type == "cpu":  # no SyncBatchNorm on the CPU: share running statistics

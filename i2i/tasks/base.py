@@ -47,6 +47,7 @@ class Branch:
     cond_fake: Any = None  # the critic condition of this branch's fakes
     step: int = 0
     lam: Tensor | None = None
+    translation: tuple[Any, Tensor] | None = None  # (codes, fakes) of the D step, with graph, kept for the G step
 
 
 class Codes:
