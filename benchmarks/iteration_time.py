@@ -7,13 +7,15 @@
 
 All variants are built up front and timed in interleaved rounds (variant A, B, C, A, B, C, ...), so drifts of the
 machine's speed hit every variant alike; the report gives the median seconds per iteration of each variant and its
-ratio to the baseline of the same run. It is a benchmark, not a test: absolute times depend on the machine.
+ratio to the baseline of the same run, and the process's peak memory (resident set; on CUDA also the peak allocated).
+It is a benchmark, not a test: absolute times depend on the machine.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -94,13 +96,20 @@ def main(argv: list[str] | None = None) -> int:
                 samples[name].append(timed(name, args.iters))
 
     base = statistics.median(samples["baseline"])
+    device = next(iter(runs.values()))[0].device
+    # the process's peak: with one variant per process (as benchmarks/run_all.py runs the paper presets) it is that
+    # configuration's training footprint
+    memory = {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if device.type == "cuda":
+        memory["peak_cuda_allocated_mib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
     report = {
         "benchmark": "iteration_time",
         "task": args.task,
         "preset": str(Path(args.preset).relative_to(REPO)) if Path(args.preset).is_relative_to(REPO) else args.preset,
         "overrides": common,
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "device": str(next(iter(runs.values()))[0].device)},
+                    "device": str(device)},
+        "memory": memory,
         "rounds": args.rounds, "iters_per_round": args.iters,
         "variants": {name: {"median_sec_per_iter": statistics.median(s), "ratio_to_baseline": statistics.median(s) / base,
                             "round_medians": s} for name, s in samples.items()},
