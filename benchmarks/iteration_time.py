@@ -42,6 +42,7 @@ VARIANTS: dict[str, dict] = {
     "pcr": {"regularizers.pcr": True},
     "sample correction": {"regularizers.sample_correction": True},
     "diffaug": {"regularizers.diffaug": "color,translation,cutout"},
+    "amp (bf16)": {"train.amp": True},
     "all": {"remix.method": "remix", "regularizers.mixer": "cutmix", "regularizers.adaptivemix": True,
             "regularizers.pcr": True, "regularizers.sample_correction": True,
             "regularizers.diffaug": "color,translation,cutout"},

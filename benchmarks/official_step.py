@@ -57,6 +57,11 @@ PATCHES: list[str] = []
 Side = tuple[Callable[[Any], None], Callable[[], Any]]  # (one iteration on a batch, draw a batch)
 
 
+def param_counts(nets: dict[str, nn.Module]) -> dict[str, int]:
+    """Trainable + frozen parameter count per net: equal counts on both sides check that the widths match."""
+    return {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()}
+
+
 def git_head(git_dir: Path) -> str | None:
     out = subprocess.run(["git", "--git-dir", str(git_dir), "rev-parse", "HEAD"], capture_output=True, text=True)
     return out.stdout.strip() or None
@@ -183,7 +188,8 @@ def official_afhq(a: argparse.Namespace, n_domains: int) -> tuple[Side, dict[str
 
     config = {"img_size": a.img_size, "batch": a.batch, "num_domains": n_domains, "max_conv_dim": a.max_conv_dim,
               "width": 2**14 // a.img_size, "style_dim": 64, "latent_dim": 16, "w_hpf": 0,
-              "losses": "non-saturating GAN + R1 1 + style 1 + diversity 2 (decayed) + cycle 1", "ema": 0.999}
+              "losses": "non-saturating GAN + R1 1 + style 1 + diversity 2 (decayed) + cycle 1", "ema": 0.999,
+              "parameters": param_counts(nets)}
     return (step, batch), config
 
 
@@ -228,7 +234,9 @@ def official_cityscapes(a: argparse.Namespace, tmp: Path, size: tuple[int, int])
               "num_upsampling_layers": opt.num_upsampling_layers, "norm_G": opt.norm_G, "norm_D": opt.norm_D,
               "n_layers_D": opt.n_layers_D, "num_D": opt.num_D, "semantic_nc": opt.semantic_nc,
               "losses": f"{opt.gan_mode} GAN + feature matching {opt.lambda_feat} + VGG {opt.lambda_vgg}; no VAE",
-              "use_vae": opt.use_vae, "no_vgg_loss": opt.no_vgg_loss, "no_ganFeat_loss": opt.no_ganFeat_loss}
+              "use_vae": opt.use_vae, "no_vgg_loss": opt.no_vgg_loss, "no_ganFeat_loss": opt.no_ganFeat_loss,
+              "parameters": param_counts({"generator": trainer.pix2pix_model.netG,
+                                          "discriminator": trainer.pix2pix_model.netD})}
     return (step, batch), config
 
 
@@ -301,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(a.rounds):
             for side in sides:
                 samples[side].append(timed(side, a.iters))
-        cfg = trainer.cfg
+        cfg, ours_params = trainer.cfg, param_counts(trainer.task.nets)
         vgg_calibrated = getattr(trainer.task.vgg, "calibrated", None) if a.task == "cityscapes" else None
 
     differences = [
@@ -310,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         f"memory format: ours train.channels_last={cfg.train.channels_last} (our default; --set "
         "train.channels_last=false for NCHW), the official code NCHW",
     ]
+    if ours_params != config["parameters"]:
+        differences.append(f"parameter counts differ: official {config['parameters']}, ours {ours_params}")
     if a.task == "afhq":
         differences.append("the official nets are wrapped in nn.DataParallel (a pass-through on the CPU); ours draws "
                            "z, z2 inside the timed iteration, the official input fetcher before it")
@@ -323,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
     report = {
         "benchmark": "official_step", "task": a.task, "official_source": source, "config": config,
-        "ours_overrides": dict(item.split("=", 1) for item in a.set),
+        "ours_overrides": dict(item.split("=", 1) for item in a.set), "ours_parameters": ours_params,
+        "same_parameter_counts": ours_params == config["parameters"],
         "machine": {"platform": platform.platform(), "device": str(trainer.device), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "flush_denormal": True},
         "rounds": a.rounds, "iters_per_round": a.iters, "warmup": a.warmup,

@@ -51,7 +51,7 @@ class TrainConfig:
     batch_per_rank: int | None = None  # under torchrun: the batch of each rank instead (global = this x ranks)
     seed: int = 777
     device: str = "auto"  # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
-    amp: bool = False  # bfloat16 autocast on CUDA; ignored on CPU
+    amp: bool = False  # bfloat16 autocast on CUDA and on CPUs with bfloat16 instructions (float32 elsewhere)
     # keep the first branch's D-step fakes with their graph for its G step (G has not changed in between): one
     # generator forward per iteration saved, for holding those activations through the D steps; false: translate
     # again, as the official code does (same results)
@@ -336,7 +336,7 @@ SWITCHES: dict[str, tuple[str, Any, str]] = {
     "--adaptivemix": ("regularizers.adaptivemix", True, "AdaptiveMix feature-space shrinkage on D"),
     "--pcr": ("regularizers.pcr", True, "PCR: pixel-wise combinations of real pairs as extra negatives"),
     "--sample-correction": ("regularizers.sample_correction", True, "swap too-realistic fakes out of D's batch"),
-    "--amp": ("train.amp", True, "bfloat16 autocast on CUDA"),
+    "--amp": ("train.amp", True, "bfloat16 autocast (CUDA, and CPUs with AVX-512 BF16)"),
     "--skip-bad-images": ("data.skip_bad_images", True,
                           "drop training files that fail the start-up check (logged, recorded in the manifest)"),
     "--trust-checkpoint": ("train.trust_checkpoint", True,

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
 from i2i.engine.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from i2i.engine.trainer import Trainer, TrainingDiverged
+from i2i.config import build_config
+from i2i.engine.trainer import Trainer, TrainingDiverged, amp_supported
 from i2i.nets.stargan_v2 import load_into, load_official_checkpoint
+from tests.conftest import TINY, TINY_CITYSCAPES, TINY_NIRVIS
 
 
 def assert_same_tree(a, b, path="state"):
@@ -66,6 +69,27 @@ def test_reusing_the_d_step_fakes_in_the_g_step_changes_nothing(tiny_config, tmp
     a, b = load_checkpoint(runs[True]), load_checkpoint(runs[False])
     for key in ("nets", "nets_ema", "optimizers"):
         assert_same_tree(a[key], b[key], key)
+
+
+@pytest.mark.skipif(not amp_supported(torch.device("cpu")), reason="this CPU has no bfloat16 instructions")
+@pytest.mark.parametrize("task", ["afhq", "cityscapes", "nirvis"])
+def test_amp_trains_every_task_in_bfloat16_on_a_cpu_with_bf16(task, tiny_afhq, tiny_streets, tiny_faces, lightcnn_file,
+                                                             tmp_path):
+    source, tiny = {"afhq": (tiny_afhq, {**TINY, "remix.method": "remix", "remix.p": 1.0}),
+                    "cityscapes": (tiny_streets, TINY_CITYSCAPES),
+                    "nirvis": (tiny_faces, {**TINY_NIRVIS, "model.encoder_weights": str(lightcnn_file)})}[task]
+    logs = {}
+    for amp in (False, True):
+        cfg = build_config(task, None, {"data.root": str(source), **tiny, "train.total_iters": 2, "train.amp": amp})
+        trainer = Trainer(cfg, tmp_path / str(amp))
+        trainer.fit()
+        logs[amp] = [json.loads(line) for line in (tmp_path / str(amp) / "log.jsonl").read_text().splitlines()]
+        assert all(p.dtype == torch.float32 for net in trainer.task.nets.values() for p in net.parameters())
+    first = {k: v for k, v in logs[True][0].items() if k.endswith("loss")}
+    assert first and all(math.isfinite(v) for record in logs[True] for k, v in record.items() if k.endswith("loss"))
+    # bfloat16 keeps 8 bits of mantissa: the first losses differ from float32's (autocast ran), but only slightly
+    assert any(first[k] != logs[False][0][k] for k in first)
+    assert all(abs(first[k] - logs[False][0][k]) <= 0.05 * abs(logs[False][0][k]) + 0.05 for k in first)
 
 
 @pytest.mark.parametrize("branch_name, stepped", [("latent", {"generator", "mapping_network", "style_encoder"}),
