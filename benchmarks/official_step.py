@@ -11,10 +11,11 @@ interleaved rounds (official, ours, official, ours, ...) on the CPU, so drifts o
 the report gives the median seconds per iteration of each and the ratio ours / official.
 
 Timed: one whole iteration from a batch already in memory: every D and G forward, backward and optimiser step, the
-EMA update (StarGAN v2) and the loss logging (`.item()`). Not timed: data loading, decoding and augmentation (each
-chunk's batches are drawn before the clock starts; ours from the procedural set, the official side gets random tensors
-of the same shapes), sampling, checkpoints. The JSON lists every runtime patch of the official code ("patches") and
-every difference left between the two configurations ("differences"). A benchmark, not a test.
+EMA update (StarGAN v2), the loss logging (`.item()`) and, for SPADE, their in-model one-hot + instance edges. Not
+timed: data loading, decoding and augmentation (each chunk's batches are drawn before the clock starts; ours from a
+small procedural set, the official side random tensors of the same shapes), sampling, checkpoints. The JSON lists each
+runtime patch of the official code ("patches"), each difference left between the two sides ("differences") and the
+parameter counts of both. A benchmark, not a test: absolute times depend on the machine.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import argparse
 import contextlib
 import importlib
 import io
+import itertools
 import json
 import pickle
 import platform
@@ -57,8 +59,7 @@ PATCHES: list[str] = []
 Side = tuple[Callable[[Any], None], Callable[[], Any]]  # (one iteration on a batch, draw a batch)
 
 
-def param_counts(nets: dict[str, nn.Module]) -> dict[str, int]:
-    """Trainable + frozen parameter count per net: equal counts on both sides check that the widths match."""
+def param_counts(nets: dict[str, nn.Module]) -> dict[str, int]:  # equal on both sides: the widths match
     return {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()}
 
 
@@ -75,7 +76,7 @@ def extract(git_dir: Path, paths: list[str], dest: Path) -> None:
         archive.extractall(dest, filter="data")
 
 
-def official_source(task: str, given: str | None, tmp: Path) -> tuple[Path, dict[str, Any]]:
+def official_source(task: str, given: str | None, tmp: Path) -> dict[str, Any]:
     """A private copy of the official code paths under tmp (we may add sync_batchnorm to it); its provenance."""
     repo, paths = OFFICIAL[task]
     src = tmp / "official"
@@ -84,14 +85,14 @@ def official_source(task: str, given: str | None, tmp: Path) -> tuple[Path, dict
         root = Path(given).expanduser().resolve()
         missing = [p for p in paths if not (root / p).is_dir()]
         if missing:
-            sys.exit(f"error: --official {root} has no {', '.join(missing)}; pass a checkout of https://github.com/{repo}")
+            sys.exit(f"error: --official {root} has no {', '.join(p + '/' for p in missing)}; it must be a checkout of {repo}")
         for p in paths:
             shutil.copytree(root / p, src / p)
         info = {"repo": repo, "source": str(root), "commit": git_head(root / ".git")}
     else:
         mirror = MIRRORS / repo.replace("/", "+") / "repo"
         if not mirror.is_dir():
-            sys.exit(f"error: no mirror of {repo} at {mirror}; pass --official DIR (a checkout of https://github.com/{repo})")
+            sys.exit(f"error: no mirror of {repo} at {mirror}; pass --official DIR (a checkout of {repo})")
         extract(mirror, paths, src)
         info = {"repo": repo, "source": str(mirror), "commit": git_head(mirror)}
     if task == "cityscapes" and not (src / "models/networks/sync_batchnorm").is_dir():
@@ -103,17 +104,15 @@ def official_source(task: str, given: str | None, tmp: Path) -> tuple[Path, dict
             stub("models.networks.sync_batchnorm", f"{SYNC_BN} not found; single-process equivalent",
                  probe=False, SynchronizedBatchNorm2d=nn.BatchNorm2d, DataParallelWithCallback=nn.DataParallel)
     sys.path.insert(0, str(src))  # first: their top-level packages (data, models, ...) must win over any namesake
-    return src, info
+    return info
 
 
 def stub(name: str, why: str, probe: bool = True, module: types.ModuleType | None = None, **attrs: Any) -> None:
     """Makes `name` importable when the real module is not (a dependency the timed path never uses)."""
     if probe:
-        try:
+        with contextlib.suppress(ImportError):
             importlib.import_module(name)
             return
-        except ImportError:
-            pass
     if module is None:
         module = types.ModuleType(name)
         module.__dict__.update(attrs)
@@ -125,13 +124,11 @@ class Munch(dict):
     """The part of `munch.Munch` the official StarGAN v2 uses: a dict with attribute access."""
 
     def __getattr__(self, key: str) -> Any:
-        try:
+        if key in self:
             return self[key]
-        except KeyError:
-            raise AttributeError(key) from None
+        raise AttributeError(key)
 
-    def __setattr__(self, key: str, value: Any) -> None:
-        self[key] = value
+    __setattr__ = dict.__setitem__
 
 
 def official_afhq(a: argparse.Namespace, n_domains: int) -> tuple[Side, dict[str, Any]]:
@@ -230,11 +227,9 @@ def official_cityscapes(a: argparse.Namespace, tmp: Path, size: tuple[int, int])
                 "instance": torch.randint(30, (n, 1, h, w)).float(), "image": torch.rand(n, 3, h, w) * 2 - 1,
                 "path": [f"frame_{i}.png" for i in range(n)]}
 
-    config = {"width": w, "height": h, "batch": a.batch, "ngf": opt.ngf, "ndf": opt.ndf,
-              "num_upsampling_layers": opt.num_upsampling_layers, "norm_G": opt.norm_G, "norm_D": opt.norm_D,
-              "n_layers_D": opt.n_layers_D, "num_D": opt.num_D, "semantic_nc": opt.semantic_nc,
-              "losses": f"{opt.gan_mode} GAN + feature matching {opt.lambda_feat} + VGG {opt.lambda_vgg}; no VAE",
-              "use_vae": opt.use_vae, "no_vgg_loss": opt.no_vgg_loss, "no_ganFeat_loss": opt.no_ganFeat_loss,
+    keys = ("batchSize", "ngf", "ndf", "num_upsampling_layers", "norm_G", "norm_D", "n_layers_D", "num_D",
+            "semantic_nc", "gan_mode", "lambda_feat", "lambda_vgg", "use_vae", "no_vgg_loss", "no_ganFeat_loss")
+    config = {"width": w, "height": h, **{k: getattr(opt, k) for k in keys},
               "parameters": param_counts({"generator": trainer.pix2pix_model.netG,
                                           "discriminator": trainer.pix2pix_model.netD})}
     return (step, batch), config
@@ -259,7 +254,7 @@ def ours(a: argparse.Namespace, tmp: Path, size: tuple[int, int] | None) -> tupl
     stream = iter(trainer.task.train_stream(trainer.setup(None)))
     if a.task == "cityscapes":
         trainer.task.vgg  # built lazily on first use: not inside the first timed iteration
-    steps = iter(range(10**9))
+    steps = itertools.count()
     return (lambda b: trainer.train_iteration(b, next(steps)), lambda: next(stream)), trainer
 
 
@@ -287,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        _, source = official_source(a.task, a.official, tmp)
+        source = official_source(a.task, a.official, tmp)
         ours_side, trainer = ours(a, tmp, size)
         if a.task == "afhq":
             official_side, config = official_afhq(a, len(trainer.task.domains))
@@ -331,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{'torchvision weights' if vgg_calibrated else 'random weights (model.allow_random_vgg)'}",
             "SyncBatchNorm in G: in one CPU process both run plain batch norm",
         ]
+    median = {side: statistics.median(s) for side, s in samples.items()}
     report = {
         "benchmark": "official_step", "task": a.task, "official_source": source, "config": config,
         "ours_overrides": dict(item.split("=", 1) for item in a.set), "ours_parameters": ours_params,
@@ -340,16 +336,12 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": a.rounds, "iters_per_round": a.iters, "warmup": a.warmup,
         "timed": "one iteration from a batch in memory: all D/G forward, backward, optimiser steps, EMA, loss "
                  "logging; no data loading, sampling or checkpoints",
-        "results": {side: {"median_sec_per_iter": statistics.median(s), "round_medians": s}
-                    for side, s in samples.items()},
+        "results": {side: {"median_sec_per_iter": median[side], "round_medians": s} for side, s in samples.items()},
+        "ratio_ours_to_official": median["ours"] / median["official"],
         "patches": PATCHES, "differences": differences,
     }
-    report["ratio_ours_to_official"] = (report["results"]["ours"]["median_sec_per_iter"]
-                                        / report["results"]["official"]["median_sec_per_iter"])
-    print(f"{'side':<10} {'s/iter':>8}")
-    for side, row in report["results"].items():
-        print(f"{side:<10} {row['median_sec_per_iter']:>8.3f}")
-    print(f"ours / official: {report['ratio_ours_to_official']:.3f}")
+    print(f"official {median['official']:.3f} s/iter, ours {median['ours']:.3f} s/iter, "
+          f"ours / official {report['ratio_ours_to_official']:.3f}")
     text = json.dumps(report, indent=1)
     if a.out:
         Path(a.out).write_text(text + "\n")

@@ -1,12 +1,13 @@
 """Files are handled safely: no pickle from a file runs code unless the user says the file is trusted (resume,
 --init-from, every torch.load in the code base goes through the tensors-only loader), and a checkpoint that cannot be
-written (disk full) is named while the last good one is kept."""
+written (disk full, no permission) is named while the last good one is kept."""
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 from i2i.train import main as train_main
@@ -64,25 +65,28 @@ def test_every_torch_load_goes_through_the_tensors_only_loader():
     assert source.count("weights_only=False") == 1 and "if not trust:" in source
 
 
-def test_a_full_disk_names_the_file_and_keeps_the_last_good_checkpoint(tiny_afhq, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("code", ["ENOSPC", "EACCES"], ids=["disk full", "no permission"])
+def test_a_failed_checkpoint_write_names_the_file_and_keeps_the_last_good_one(tiny_afhq, tmp_path, capsys, monkeypatch,
+                                                                              code):
+    """The disk fills up (or the folder turns read-only: as root, chmod cannot provoke it) at the second save."""
     import errno
 
     import i2i.engine.checkpoint as checkpoint
 
-    real_save, calls = checkpoint.atomic_torch_save, []
+    real_save, calls, number = checkpoint.atomic_torch_save, [], getattr(errno, code)
 
-    def fills_up(obj, path):
+    def fails(obj, path):
         calls.append(path)
         if len(calls) > 1:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            raise (PermissionError if code == "EACCES" else OSError)(number, os.strerror(number), str(path))
         real_save(obj, path)
 
-    monkeypatch.setattr(checkpoint, "atomic_torch_save", fills_up)
+    monkeypatch.setattr(checkpoint, "atomic_torch_save", fails)
     run = tmp_path / "run"
     args = ["--data", str(tiny_afhq), "--run-dir", str(run)]
     for key, value in {**TINY, "train.total_iters": 4, "train.save_every": 2}.items():
         args += [f"--{key}", str(value)]
     assert train_main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "000004.pt" in err and "No space left on device" in err and "000002.pt" in err
+    assert "000004.pt" in err and os.strerror(number) in err and "000002.pt" in err
     assert checkpoint.load_checkpoint(run / "checkpoints" / "000002.pt")["iteration"] == 2
