@@ -2,7 +2,7 @@
 
     python benchmarks/official_step.py --task afhq                 # clovaai/stargan-v2 vs ours, 64 px, batch 2
     python benchmarks/official_step.py --task cityscapes           # NVlabs/SPADE vs ours, 128 x 64, ngf 64, batch 2
-    python benchmarks/official_step.py --task afhq --out official_afhq.json --rounds 5 --iters 3 --threads 2
+    python benchmarks/official_step.py --task afhq --out official_afhq.json --rounds 5 --iters 2 --threads 2
     python benchmarks/official_step.py --task cityscapes --official ~/src/SPADE   # a checkout instead of the mirror
 
 The official code is extracted at run time from the bare mirror in /work/.mirror (or copied from `--official DIR`)
@@ -83,9 +83,9 @@ def official_source(task: str, given: str | None, tmp: Path) -> dict[str, Any]:
     src.mkdir()
     if given:
         root = Path(given).expanduser().resolve()
-        missing = [p for p in paths if not (root / p).is_dir()]
+        missing = [f"{p}/" for p in paths if not (root / p).is_dir()]
         if missing:
-            sys.exit(f"error: --official {root} has no {', '.join(p + '/' for p in missing)}; it must be a checkout of {repo}")
+            sys.exit(f"error: --official {root} has no {', '.join(missing)}; it must be a checkout of {repo}")
         for p in paths:
             shutil.copytree(root / p, src / p)
         info = {"repo": repo, "source": str(root), "commit": git_head(root / ".git")}
@@ -269,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ndf", type=int, default=64, help="cityscapes")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for both sides")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--iters", type=int, default=3, help="timed iterations per side per round")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations per side first")
+    parser.add_argument("--iters", type=int, default=2, help="timed iterations per side per round")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per side first")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides for ours")
     parser.add_argument("--out", help="write the JSON report here too")
     a = parser.parse_args(argv)
@@ -331,12 +331,12 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "official_step", "task": a.task, "official_source": source, "config": config,
         "ours_overrides": dict(item.split("=", 1) for item in a.set), "ours_parameters": ours_params,
         "same_parameter_counts": ours_params == config["parameters"],
-        "machine": {"platform": platform.platform(), "device": str(trainer.device), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "flush_denormal": True},
+        "device": str(trainer.device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "platform": platform.platform(), "flush_denormal": True,
         "rounds": a.rounds, "iters_per_round": a.iters, "warmup": a.warmup,
         "timed": "one iteration from a batch in memory: all D/G forward, backward, optimiser steps, EMA, loss "
-                 "logging; no data loading, sampling or checkpoints",
-        "results": {side: {"median_sec_per_iter": median[side], "round_medians": s} for side, s in samples.items()},
+                 "logging (SPADE: also their in-model one-hot + edges); no data loading, sampling or checkpoints",
+        "results": {side: {"median_sec_per_iter": median[side], "round_means": s} for side, s in samples.items()},
         "ratio_ours_to_official": median["ours"] / median["official"],
         "patches": PATCHES, "differences": differences,
     }

@@ -113,6 +113,8 @@ SUITE: list[Benchmark] = [
     *(Benchmark(f"official_step_{task}", f"one training iteration: the official {name} code vs ours, same config",
                 lambda out, args, task=task: [PY, str(BENCH / "official_step.py"), "--task", task, "--out", str(out)])
       for task, name in (("afhq", "StarGAN v2"), ("cityscapes", "SPADE"))),
+    Benchmark("stylegan2_reference", "StyleGAN2 G and D forward+backward: ours vs rosinality's pure-PyTorch ops",
+              lambda out, args: [PY, str(BENCH / "stylegan2_reference.py"), "--out", str(out)]),
 ]
 
 
@@ -173,7 +175,13 @@ def summary(results: Path) -> str:
         if official and "ratio_ours_to_official" in official:
             lines += [f"## Official code vs ours: {task}", "",
                       f"One training iteration, ours / official = {official['ratio_ours_to_official']:.3f} "
-                      f"({official.get('device', 'cpu')}; config {json.dumps(official.get('config', {}))}).", ""]
+                      f"({official['device']}, {official['threads']} threads; the configuration and the remaining "
+                      f"differences are in `official_step_{task}.json`).", ""]
+    sg2 = _load(results, "stylegan2_reference")
+    if sg2:
+        cells = ", ".join(f"{net} {sg2['nets'][net]['ratio_ours_to_reference']:.2f}" for net in ("generator", "discriminator"))
+        lines += ["## StyleGAN2 vs rosinality (pure-PyTorch ops, CPU)", "", f"Forward+backward, ours / reference: "
+                  f"{cells}; outputs differ by at most {sg2['max_abs_output_difference']:.1e}.", ""]
     fid = _load(results, "fid_bench")
     if fid:
         fd, fx = fid["frechet_distance"], fid["feature_extraction"]

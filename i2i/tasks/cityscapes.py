@@ -244,15 +244,26 @@ class CityscapesTask(Task):
         return loss_real + loss_fake, {"real": loss_real.detach(), "fake": loss_fake.detach()}
 
     def g_loss(self, branch: Branch, critic: Critic, fake: Tensor, codes: Codes) -> tuple[Tensor, dict[str, Tensor]]:
-        loss_adv = hinge_g(critic(fake, branch.cond_fake))
-        fake_features = self.discriminate(fake, branch.cond_fake)
         i = branch.inputs
         if branch.lam is None:
-            loss_fm = feature_matching(fake_features, self.discriminate(i["image"], i["semantics"])).mean()
+            reals = [(i["image"], i["semantics"])]
         elif self.cfg.loss.fm_on_mixed == "relative":
-            d1 = feature_matching(fake_features, self.discriminate(i["image"], branch.cond_fake))
-            d2 = feature_matching(fake_features, self.discriminate(i["image2"], branch.cond_fake))
-            loss_fm = F.relu(d1 - d2).mean()
+            reals = [(i["image"], branch.cond_fake), (i["image2"], branch.cond_fake)]
+        else:
+            reals = []
+        # one D pass over fakes and reals together, as the official code (and one spectral-norm power iteration)
+        outputs = self.discriminate(torch.cat([fake, *(r for r, _ in reals)]),
+                                    torch.cat([branch.cond_fake, *(c for _, c in reals)]))
+        n = 1 + len(reals)
+        fake_features, *real_features = [[[t.chunk(n)[k] for t in scale] for scale in outputs] for k in range(n)]
+        # the plain critic's logits are the last output of each scale; a wrapped one (DiffAugment, AdaptiveMix) runs
+        logits = [scale[-1] for scale in fake_features] if critic == self.critic else critic(fake, branch.cond_fake)
+        loss_adv = hinge_g(logits)
+        if branch.lam is None:
+            loss_fm = feature_matching(fake_features, real_features[0]).mean()
+        elif reals:
+            loss_fm = F.relu(feature_matching(fake_features, real_features[0])
+                             - feature_matching(fake_features, real_features[1])).mean()
         else:
             loss_fm = fake.new_zeros(())
         loss = loss_adv + self.cfg.loss.lambda_feat * loss_fm
