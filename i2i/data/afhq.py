@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import InterpolationMode
 
 from i2i.data.images import IMG_EXTENSIONS, DatasetError, is_image_file, load_rgb
+from i2i.engine.distributed import shard_slice
 
 LAYOUT_HINT = "expected ROOT/{train,val}/<domain>/<image files>, one sub-folder per domain (e.g. cat, dog, wild)"
 
@@ -184,15 +185,6 @@ def train_transform(image: Image.Image, img_size: int, rng: np.random.Generator,
     RandomResizedCrop(S, scale 0.8-1, ratio 0.9-1.1), then Resize((S, S)), a horizontal flip with probability 0.5,
     ToTensor, Normalize(0.5, 0.5). RGB PIL image -> (3, S, S) float32 in [-1, 1]."""
     return apply_augment(image, img_size, *augment_params(image.width, image.height, rng, rrc_prob))
-
-
-def shard_slice(batch_size: int, shard: tuple[int, int]) -> slice:
-    """The samples of rank `shard[0]` of `shard[1]` in a global batch (equal contiguous parts)."""
-    rank, world = shard
-    if world < 1 or not 0 <= rank < world or batch_size % world:
-        raise ValueError(f"a global batch of {batch_size} cannot be split over {world} ranks (rank {rank})")
-    size = batch_size // world
-    return slice(rank * size, (rank + 1) * size)
 
 
 def _image_size(path: Path) -> tuple[int, int]:

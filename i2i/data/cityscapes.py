@@ -31,11 +31,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from i2i.data.afhq import _CountFrom, _check_int, seeded_choice, shard_slice, to_normalized_tensor
+from i2i.data.afhq import _CountFrom, _check_int, seeded_choice, to_normalized_tensor
 from i2i.data.images import IMG_EXTENSIONS, DatasetError, load_rgb
 from i2i.data.subset import fraction_count
 from i2i.data.cityscapes_labels import (CITYSCAPES_LABELS, CITYSCAPES_PALETTE, NUM_LABEL_IDS, colorize_labels,
                                         labels_from_colors)
+from i2i.engine.distributed import shard_slice
 from i2i.fileio import atomic_write_text
 
 __all__ = [  # the label table and palette helpers come from i2i.data.cityscapes_labels

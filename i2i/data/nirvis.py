@@ -31,9 +31,10 @@ import torchvision.transforms.functional as TF
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode
 
-from i2i.data.afhq import _CountFrom, _check_int, seeded_choice, shard_slice
+from i2i.data.afhq import _CountFrom, _check_int, seeded_choice
 from i2i.data.images import DatasetError, load_rgb
 from i2i.data.subset import fraction_count
+from i2i.engine.distributed import shard_slice
 from i2i.fileio import atomic_write_text
 
 FOLDS = tuple(str(k) for k in range(1, 11)) + ("dev",)

@@ -24,6 +24,16 @@ from torch import nn
 BUCKET_ELEMENTS = 2**22  # 16 MB of float32 per all-reduce call
 
 
+def shard_slice(batch_size: int, shard: tuple[int, int]) -> slice:
+    """The samples of rank `shard[0]` of `shard[1]` in a global batch (equal contiguous parts): a rank's part of the
+    batch, and of any draw made for the global batch (latent codes, augmentation parameters)."""
+    rank, world = shard
+    if world < 1 or not 0 <= rank < world or batch_size % world:
+        raise ValueError(f"a global batch of {batch_size} cannot be split over {world} ranks (rank {rank})")
+    size = batch_size // world
+    return slice(rank * size, (rank + 1) * size)
+
+
 @dataclass(frozen=True)
 class Distributed:
     rank: int = 0

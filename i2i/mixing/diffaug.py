@@ -27,6 +27,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from i2i.engine.distributed import shard_slice
+
 POLICY_OPS = ("color", "translation", "cutout")
 TRANSLATION_RATIO = 0.125
 CUTOUT_RATIO = 0.5
@@ -45,23 +47,18 @@ def parse_policy(policy: str) -> tuple[str, ...]:
     return ops
 
 
-def _rows(draw: Tensor, n: int, shard: Shard) -> Tensor:
-    """This rank's n rows of a draw made for the global batch (n x world rows)."""
-    rank, _ = shard
-    return draw[rank * n:(rank + 1) * n]
-
-
 def _uniform(x: Tensor, low: float, high: float, generator: torch.Generator | None, shard: Shard) -> Tensor:
     """Per-sample U(low, high) as (N, 1, 1, 1) in x's dtype and device."""
     n = x.shape[0]
     draw = torch.rand(n * shard[1], 1, 1, 1, device=x.device, dtype=x.dtype, generator=generator)
-    return low + (high - low) * _rows(draw, n, shard)
+    return low + (high - low) * draw[shard_slice(n * shard[1], shard)]
 
 
 def _randint(low: int, high: int, x: Tensor, generator: torch.Generator | None, shard: Shard) -> Tensor:
     """Per-sample integers in [low, high) as (N,)."""
     n = x.shape[0]
-    return _rows(torch.randint(low, high, (n * shard[1],), device=x.device, generator=generator), n, shard)
+    draw = torch.randint(low, high, (n * shard[1],), device=x.device, generator=generator)
+    return draw[shard_slice(n * shard[1], shard)]
 
 
 def color(x: Tensor, generator: torch.Generator | None = None, shard: Shard = (0, 1)) -> Tensor:

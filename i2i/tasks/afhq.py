@@ -25,6 +25,7 @@ from i2i.data.afhq import AFHQTrainStream, load_eval_images, scan_split
 from i2i.data.images import DatasetError, load_rgb
 from i2i.data.subset import manifest_domains, read_manifest, select_fraction, write_manifest
 from i2i.data.synthetic import make_afhq
+from i2i.engine.distributed import shard_slice
 from i2i.nets.stargan_v2 import (build_nets, he_init, load_official_checkpoint, load_official_nets,
                                   official_architecture)
 from i2i.serving import GraphSpec, TensorSpec
@@ -184,8 +185,8 @@ class AFHQTask(Task):
     def global_randn(self, n: int, dim: int) -> Tensor:
         """(n, dim) standard normal for this rank's part of the batch: drawn for the global batch on the CPU generator
         (as the official input fetcher does) and sliced, so the codes are the same on any device and rank count."""
-        rank, world = self.shard
-        return torch.randn(n * world, dim)[rank * n:(rank + 1) * n].to(self.device)
+        world = self.shard[1]
+        return torch.randn(n * world, dim)[shard_slice(n * world, self.shard)].to(self.device)
 
     def branches(self, batch: dict[str, Tensor], step: int) -> list[Branch]:
         n, latent_dim = batch["x"].shape[0], self.cfg.model.latent_dim
