@@ -47,13 +47,16 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(tiny_afhq, tmp_p
         for name, net in nets.items():
             net.load_state_dict(state["nets"][name])
             net.eval()
-    # a fixed probe batch: the check must not depend on whatever the global RNG holds after the runs
+    # a fixed probe batch: the check must not depend on whatever the global RNG holds after the runs. The outputs
+    # differ by round-off carried through Adam's first steps, which are ±lr for any parameter whose gradient is
+    # mostly round-off (the biases above): measured 1.8e-4 at lr 1e-4, so atol 1e-3. The weight check above (1e-5)
+    # is the tight one; this one shows that the differences it allows do not add up in the outputs.
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     y = torch.tensor([0, 1, 2, 0])
     with torch.no_grad():
         for name, call in (("generator", lambda n: n["generator"](x, n["style_encoder"](x, y))),
                            ("discriminator", lambda n: n["discriminator"](x, y))):
-            torch.testing.assert_close(call(nets_b), call(nets_a), atol=1e-4, rtol=1e-3, msg=name)
+            torch.testing.assert_close(call(nets_b), call(nets_a), atol=1e-3, rtol=1e-3, msg=name)
     assert len((tmp_path / "two" / "log.jsonl").read_text().splitlines()) == 3  # rank 0 alone logs
 
 
