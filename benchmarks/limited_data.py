@@ -344,11 +344,17 @@ def report(entry: StudyEntry, jobs: Sequence[Job], out_dir: Path) -> dict:
     return summary
 
 
+def _grid(plt, panels: int):
+    """Up to 3 panels per row, as many rows as the metrics need (a 3-metric entry gets one row)."""
+    rows = math.ceil(panels / 3)
+    return plt.subplots(rows, min(3, panels), figsize=(15, 4.25 * rows), squeeze=False)
+
+
 def _plot_curves(plt, entry: StudyEntry, setting: str, methods: dict, out_dir: Path) -> None:
     import numpy as np
 
     shown = entry.metrics[:6]
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5), squeeze=False)
+    fig, axes = _grid(plt, len(shown))
     colours = plt.get_cmap("tab20")
     for ax, metric in zip(axes.flat, shown):
         for k, (method, seeds) in enumerate(sorted(methods.items())):
@@ -376,7 +382,7 @@ def _plot_curves(plt, entry: StudyEntry, setting: str, methods: dict, out_dir: P
 def _plot_bars(plt, entry: StudyEntry, setting: str, block: dict, out_dir: Path) -> None:
     shown = [m for m in entry.metrics[:6]]
     methods = sorted(block, key=lambda m: (m != "baseline", m))
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5), squeeze=False)
+    fig, axes = _grid(plt, len(shown))
     for ax, metric in zip(axes.flat, shown):
         present = [m for m in methods if metric.label in block[m]]
         means = [block[m][metric.label]["mean"] for m in present]
