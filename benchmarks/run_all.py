@@ -154,6 +154,8 @@ def summary(results: Path) -> str:
                             f"{result['machine']['device']}, {result['machine']['threads']} threads |")
     if rows:
         lines += ["## Iteration time and peak memory (baseline)", "",
+                  "Peak RSS is the benchmark process's: a demo row's process holds every variant's trainer at once; "
+                  "a paper row's holds the baseline alone.", "",
                   "| task | preset | batch | s / iteration | peak RSS MiB | device |", "|---|---|---:|---:|---:|---|",
                   *rows, ""]
     ratio_rows = []
