@@ -134,13 +134,13 @@ class Task(ABC):
         bad file; read once before the first iteration (`i2i.data.check`). Called after `prepare_data`."""
         return []
 
+    @abstractmethod
     def drop_files(self, bad: set[Path]) -> None:
         """--skip-bad-images: removes every training sample that uses a file of `bad` (a file of `data_checks()`)."""
-        raise NotImplementedError(f"task {self.name!r} cannot skip bad training files")
 
+    @abstractmethod
     def write_manifest(self, run_dir: Path) -> None:
         """Records the run's training files in `run_dir/data_manifest.json` (what `prepare_data(resume=True)` reads)."""
-        raise NotImplementedError(f"task {self.name!r} cannot rewrite its data manifest")
 
     @abstractmethod
     def build(self) -> dict[str, nn.Module]:
