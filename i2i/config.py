@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from i2i.engine.amp import AMP_DTYPES
 from i2i.mixing.adaptivemix import DISTANCES, PAIRINGS, PAIRS
 from i2i.mixing.diffaug import parse_policy
 from i2i.mixing.image_mix import MIX_KINDS
@@ -51,7 +52,11 @@ class TrainConfig:
     batch_per_rank: int | None = None  # under torchrun: the batch of each rank instead (global = this x ranks)
     seed: int = 777
     device: str = "auto"  # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
-    amp: bool = False  # bfloat16 autocast on CUDA and on CPUs with bfloat16 instructions (float32 elsewhere)
+    amp: bool = False  # mixed precision: autocast to amp_dtype
+    # bfloat16: on CUDA and on CPUs with bfloat16 instructions (float32 elsewhere); float16: with a GradScaler (dynamic
+    # loss scaling), meant for CUDA (on a CPU it runs, slowly: for testing)
+    amp_dtype: str = "bfloat16"
+    compile: bool = False  # torch.compile the trained nets (eager, with a warning, when the first iteration fails)
     # keep the first branch's D-step fakes with their graph for its G step (G has not changed in between): one
     # generator forward per iteration saved, for holding those activations through the D steps; false: translate
     # again, as the official code does (same results)
@@ -115,6 +120,7 @@ class RegularizerConfig:
 # The valid values come from the modules that implement them (one source of truth).
 CHOICES: dict[str, tuple[str, ...]] = {
     "train.ema_start": ("official", "trained"),
+    "train.amp_dtype": tuple(AMP_DTYPES),
     "remix.method": FEATURE_MIX_METHODS,
     "remix.momentum_form": MOMENTUM_FORMS,
     "remix.at": ("style", "content"),
@@ -314,6 +320,8 @@ ALIASES: dict[str, tuple[str, dict]] = {
     "--batch-size": ("train.batch_size", {"metavar": "N"}),
     "--seed": ("train.seed", {"metavar": "N"}),
     "--device": ("train.device", {"metavar": "DEV", "help": "auto | cpu | cuda[:i] | mps"}),
+    "--amp-dtype": ("train.amp_dtype", {"metavar": "DTYPE", "help": "with --amp: bfloat16 | float16 (with a "
+                                        "GradScaler; for CUDA)"}),
     "--feature-mix": ("remix.method", {"metavar": "M", "help": "none | remix | wm | mixup"}),
     "--remix-p": ("remix.p", {"metavar": "P"}),
     "--remix-alpha": ("remix.alpha", {"metavar": "A"}),
@@ -336,7 +344,9 @@ SWITCHES: dict[str, tuple[str, Any, str]] = {
     "--adaptivemix": ("regularizers.adaptivemix", True, "AdaptiveMix feature-space shrinkage on D"),
     "--pcr": ("regularizers.pcr", True, "PCR: pixel-wise combinations of real pairs as extra negatives"),
     "--sample-correction": ("regularizers.sample_correction", True, "swap too-realistic fakes out of D's batch"),
-    "--amp": ("train.amp", True, "bfloat16 autocast (CUDA, and CPUs with AVX-512 BF16)"),
+    "--amp": ("train.amp", True, "mixed precision: bfloat16 autocast (CUDA, and CPUs with AVX-512 BF16), or "
+                                 "--amp-dtype float16"),
+    "--compile": ("train.compile", True, "torch.compile the trained nets (eager, with a warning, if that fails)"),
     "--skip-bad-images": ("data.skip_bad_images", True,
                           "drop training files that fail the start-up check (logged, recorded in the manifest)"),
     "--trust-checkpoint": ("train.trust_checkpoint", True,

@@ -26,6 +26,8 @@ def test_cli_aliases_and_dotted_keys(tmp_path):
     assert (cfg.data.root, cfg.data.frac, cfg.remix.method, cfg.regularizers.mixer) == (str(tmp_path), 0.1, "remix", "cutmix")
     assert (cfg.model.width, cfg.train.total_iters, cfg.remix.p) == (32, 50, 0.5)
     assert cfg.method == "remix+cutmix" and run_dir == tmp_path / "run" and ckpt is None
+    cfg, _, _ = resolve(["--data", str(tmp_path), "--amp", "--amp-dtype", "float16", "--compile"])
+    assert (cfg.train.amp, cfg.train.amp_dtype, cfg.train.compile) == (True, "float16", True)
 
 
 def test_main_command_falls_back_to_demo_preset_without_data(tmp_path, monkeypatch, capsys):
@@ -56,6 +58,7 @@ def test_main_command_uses_real_data_when_present(tmp_path, monkeypatch):
     ({"model.widht": 3}, "unknown config key 'model.widht'.*width"),
     ({"colour.x": 1}, "unknown config key 'colour.x'"),
     ({"train.amp": "maybe"}, "train.amp: 'maybe' is not a valid bool"),
+    ({"train.amp_dtype": "fp16"}, "^train.amp_dtype: 'fp16' is not one of bfloat16, float16$"),
 ])
 def test_invalid_values_name_key_and_valid_choices(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -9,7 +9,8 @@ import torch
 
 from i2i.engine.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from i2i.config import build_config
-from i2i.engine.trainer import Trainer, TrainingDiverged, amp_supported
+from i2i.engine.amp import amp_supported
+from i2i.engine.trainer import Trainer, TrainingDiverged
 from i2i.nets.stargan_v2 import load_into, load_official_checkpoint
 from tests.conftest import TINY, TINY_CITYSCAPES, TINY_NIRVIS
 

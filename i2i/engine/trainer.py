@@ -28,6 +28,7 @@ from torchvision.utils import save_image
 from i2i.config import Config, ConfigError, save_config
 from i2i.data.check import bad_files_error, find_bad_files, record_skipped
 from i2i.engine import distributed, pretrained
+from i2i.engine.amp import Precision
 from i2i.engine.checkpoint import (capture_rng, checkpoint_path, latest_checkpoint, load_checkpoint,
                                    remove_partial_writes, restore_rng, save_checkpoint)
 from i2i.engine.logging import RunLogger
@@ -75,13 +76,6 @@ class EMA:
                 b_ema.copy_(b)
 
 
-def amp_supported(device: torch.device) -> bool:
-    """bfloat16 autocast pays off on CUDA and on CPUs with AVX-512 BF16 / AMX (elsewhere it is emulated, slower)."""
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
-
-
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, device: torch.device | None = None):
         self.cfg = cfg
@@ -101,14 +95,13 @@ class Trainer:
             # (measured: 26 s vs 0.2 s for the first iteration of a tiny StarGAN v2); flushing them changes values
             # below 1e-38 only.
             torch.set_flush_denormal(True)
-        self.amp = cfg.train.amp and amp_supported(self.device)
-        if cfg.train.amp and not self.amp and self.dist.is_main:
-            print(f"note: --amp: {self.device} has no bfloat16 instructions; training in float32", file=sys.stderr)
+        self.precision = Precision(self.device, cfg.train.amp, cfg.train.amp_dtype, announce=self.dist.is_main)
         self.task: Task = task_class(cfg.task)(cfg, self.device)
         self.task.shard = self.dist.shard
         self.stop_requested: str | None = None  # the signal that stopped the run, if any
         self.last_checkpoint: Path | None = None
         self.iteration = 0
+        self.compile_trial = False  # --compile: the next iteration is the first with compiled nets
 
     # -- set-up --------------------------------------------------------------------------------------------------
     def check_data(self) -> None:
@@ -174,7 +167,20 @@ class Trainer:
         self.sample_inputs = task.sample_inputs()
         if self.dist.enabled:
             distributed.check_identical(self.task.nets)
+        if cfg.train.compile:
+            self.compile_nets()
         return start
+
+    def compile_nets(self) -> None:
+        """--compile: torch.compile the forward of every trained net but the task's `double_backward_nets`, in place
+        (`Module.compile`: the parameters, the state_dict keys and the EMA copies stay as they are). Compiling happens
+        in the first iteration, which `train_iteration` runs as a trial."""
+        for name in self.compiled_nets():
+            self.task.nets[name].compile()
+        self.compile_trial = True
+
+    def compiled_nets(self) -> list[str]:
+        return [name for name in self.optimizers if name not in self.task.double_backward_nets]
 
     def init_from(self, nets: dict[str, nn.Module]) -> None:
         """Fine-tuning: the nets (and their EMA copies) start from `train.init_from`; the report is printed and kept."""
@@ -209,7 +215,7 @@ class Trainer:
             "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
             "regularizers": self.regs.state_dict(),
             "rng": capture_rng(),
-        }
+        } | ({"amp": self.precision.state_dict()} if self.precision.scaler is not None else {})
 
     def load_state(self, state: dict) -> int:
         if state["task"] != self.cfg.task:
@@ -221,14 +227,11 @@ class Trainer:
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
         self.regs.load_state_dict(state["regularizers"])
+        self.precision.load_state_dict(state.get("amp", {}))  # checkpoints before float16 support have none
         restore_rng(state["rng"])
         return int(state["iteration"])
 
     # -- the two steps -------------------------------------------------------------------------------------------
-    def autocast(self):
-        """bfloat16 autocast with --amp on CUDA and on CPUs with bfloat16 instructions; float32 otherwise."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
-
     def translate(self, branch: Branch):
         """G2(G1(x)), or G2 of the interpolated G1 outputs when the branch mixes in this iteration; sets the
         critic condition of the fakes (a conditional G2 input such as SPADE's label map is the interpolated one)."""
@@ -237,22 +240,27 @@ class Trainer:
         branch.cond_fake = self.task.fake_condition(e, branch)
         return codes, self.task.decode(e, branch)
 
-    def optimize(self, loss: Tensor, logs: dict[str, float], net_names: tuple[str, ...], step: int) -> None:
-        check_finite(logs, step, self.last_checkpoint, self.dist.enabled)
+    def optimize(self, loss: Tensor, logs: dict[str, Tensor], net_names: tuple[str, ...], step: int) -> None:
+        """Backward and step of `net_names`. A non-finite logged value stops the run before the update; under float16
+        loss scaling it skips the update and backs the scale off instead (an overflow), up to a limit in a row."""
+        bad = first_non_finite(logs, self.dist.enabled)
+        if bad is not None:
+            if self.precision.skip_update(net_names):
+                return
+            raise diverged(bad, step, self.last_checkpoint, self.precision)
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.dist.enabled:
+        self.precision.backward(loss)
+        if self.dist.enabled:  # the scaled gradients: the scale is the same on every rank, and an inf spreads to all
             distributed.average_gradients([p for n in net_names for p in self.task.nets[n].parameters()],
                                           self.dist.world)
-        for name in net_names:
-            self.optimizers[name].step()
+        self.precision.step({name: self.optimizers[name] for name in net_names})
 
-    def d_step(self, branch: Branch, step: int, keep_fakes: bool = False) -> dict[str, float]:
+    def d_step(self, branch: Branch, step: int, keep_fakes: bool = False) -> dict[str, Tensor]:
         """keep_fakes: the fakes keep their graph and the branch's G step uses them instead of translating again
         (only valid when no G step runs in between)."""
         task, regs = self.task, self.regs
-        with nullcontext() if keep_fakes else torch.no_grad(), self.autocast():
+        with nullcontext() if keep_fakes else torch.no_grad(), self.precision.autocast():
             codes, fake = self.translate(branch)
         if keep_fakes:
             branch.translation = (codes, fake)
@@ -260,16 +268,16 @@ class Trainer:
         real_a, real_b = task.real_pair(branch)
         fake, cond = regs.correct_fakes(regs.mix_fakes(real_a, fake), branch.cond_fake)
         negatives = Negatives(regs.negative_sets(fake, cond, real_a, real_b, task.real_condition(branch)))
-        with self.autocast():
+        with self.precision.autocast():
             loss, logs = task.d_loss(branch, regs.critic(task, for_generator=False), negatives)
             loss, extra = regs.add_critic_losses(loss, task, real_a, fake, cond)
-        values = _floats({**logs, **extra, "loss": loss}, f"D/{branch.name}_")
+        values = _detached({**logs, **extra, "loss": loss}, f"D/{branch.name}_")
         self.optimize(loss, values, (task.critic_net,), step)
         return values
 
-    def g_step(self, branch: Branch, step: int) -> dict[str, float]:
+    def g_step(self, branch: Branch, step: int) -> dict[str, Tensor]:
         task, regs = self.task, self.regs
-        with self.autocast():
+        with self.precision.autocast():
             codes, fake = branch.translation or self.translate(branch)
             branch.translation = None
             loss, logs = task.g_loss(branch, regs.critic(task, for_generator=True), fake, codes)
@@ -281,8 +289,8 @@ class Trainer:
             )
             loss = loss + task.content_weight * content
             loss, extra = regs.add_generator_losses(loss, task, task.real_pair(branch)[0], fake, branch.cond_fake)
-        values = _floats({**logs, "content": content, **extra, "loss": loss}, f"G/{branch.name}_")
-        values.update(_floats(mix_logs, f"mix/{branch.name}_"))
+        values = _detached({**logs, "content": content, **extra, "loss": loss}, f"G/{branch.name}_")
+        values.update(_detached(mix_logs, f"mix/{branch.name}_"))
         self.optimize(loss, values, branch.g_nets, step)
         return values
 
@@ -299,16 +307,44 @@ class Trainer:
             for group, base in zip(opt.param_groups, self.base_lrs[name]):
                 group["lr"] = base * factor
 
-    def train_iteration(self, batch: dict[str, Tensor], step: int) -> dict[str, float]:
+    def train_iteration(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor | float]:
         """One iteration: all D steps, then all G steps (StarGAN v2's order; a task with step_order "g_first", such
-        as SPADE, steps G then D per branch), then the EMA update. Returns the logged values."""
+        as SPADE, steps G then D per branch), then the EMA update. Returns the logged values as they are (0-d
+        tensors on the device, left there until a logging iteration asks for them; `as_floats` converts).
+
+        The first iteration with --compile is a trial: when it fails (no C compiler, an op the compiler does not
+        support, a double backward through a compiled graph such as R1's), the nets, optimisers, regularizers and RNG
+        go back to their state before it and the iteration runs again without torch.compile, after one warning line.
+        An error that is not the compiler's then comes again from the eager iteration, as without --compile."""
+        if not self.compile_trial:
+            return self._iteration(batch, step)
+        self.compile_trial = False
+        before = copy.deepcopy(self.state(step))
+        try:
+            return self._iteration(batch, step)
+        except TrainingDiverged:
+            raise
+        except Exception as error:  # compile errors share no type (dynamo, inductor, the C compiler, aot_autograd)
+            lines = str(error).strip().splitlines()
+            reason = f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
+        # outside the except block: the failed iteration's frames (and tensors) are released before the eager rerun.
+        # Under torchrun every rank runs the same code on the same kind of device and falls back alike.
+        self.load_state(before)
+        for name in self.compiled_nets():
+            self.task.nets[name]._compiled_call_impl = None  # undoes Module.compile (torch has no public inverse)
+        if self.dist.is_main:
+            print(f"warning: --compile: compiling failed in the first iteration ({reason}); training without "
+                  f"torch.compile", file=sys.stderr)
+        return self._iteration(batch, step)
+
+    def _iteration(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor | float]:
         self.set_learning_rates(step)
         batch = {k: self.to_device(v) for k, v in batch.items()}
         branches = self.task.branches(batch, step)
         lams = self.regs.feature_mix.draw_branches([b.name for b in branches], next(iter(batch.values())).shape[0])
         for branch in branches:
             branch.lam = lams[branch.name]
-        logs: dict[str, float] = {}
+        logs: dict[str, Tensor | float] = {}
         if self.task.step_order == "g_first":
             for branch in branches:
                 logs.update(self.g_step(branch, step))
@@ -324,6 +360,8 @@ class Trainer:
             for name in self.task.sync_batchnorm_nets:
                 distributed.average_buffers(self.task.nets[name], self.dist.world)
         self.ema.update(self.task.nets)
+        if self.precision.scaler is not None:
+            logs["amp/scale"] = self.precision.scale()
         if self.regs.feature_mix.method == "remix":
             for key, value in self.regs.feature_mix.a_bars.items():
                 logs[f"mix/{key}_a_bar" if key else "mix/a_bar"] = value
@@ -348,6 +386,7 @@ class Trainer:
                     step, last = self.iteration, self.iteration == train.total_iters
                     if main and (step % train.log_every == 0 or last):
                         seconds = (time.perf_counter() - tic) / (step - logged_at)
+                        logs = as_floats(logs)
                         logger.log(step, logs, sec_per_iter=round(seconds, 4))
                         progress.set_postfix(_brief(logs), refresh=False)
                         logged_at, tic = step, time.perf_counter()
@@ -419,19 +458,39 @@ def to_channels_last(net: nn.Module) -> None:
             tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
 
 
-def check_finite(values: dict[str, float], step: int, last_checkpoint: Path | None, all_ranks: bool = False) -> None:
-    """Raises TrainingDiverged naming the first non-finite value (components come before their total); with
-    `all_ranks`, every rank raises when any rank's values are not finite (none may wait in a collective)."""
-    bad = next(((name, value) for name, value in values.items() if not math.isfinite(value)), None)
+def first_non_finite(values: dict[str, Tensor | float], all_ranks: bool = False) -> tuple[str, float] | None:
+    """The first non-finite value as (name, value) (components come before their total), or None; with `all_ranks`,
+    every rank gets a value when any rank's values are not finite (all ranks then take the same decision).
+
+    One host sync for all the values (an isfinite over their stack); they become Python floats only on failure."""
+    tensors = [v for v in values.values() if isinstance(v, Tensor)]
+    finite = all(math.isfinite(v) for v in values.values() if not isinstance(v, Tensor)) and (
+        not tensors or bool(torch.stack([t.float().reshape(()) for t in tensors]).isfinite().all()))
+    bad = None if finite else next((name, value) for name, value in as_floats(values).items()
+                                   if not math.isfinite(value))
     if all_ranks and distributed.mean_over_ranks(bad is not None) > 0 and bad is None:
         bad = ("(on another rank)", float("nan"))
-    if bad is not None:
-        kept = f"the last good checkpoint is '{last_checkpoint}'" if last_checkpoint else "no checkpoint was written yet"
-        raise TrainingDiverged(f"loss '{bad[0]}' is {bad[1]} at iteration {step + 1}; stopped before updating, {kept}")
+    return bad
 
 
-def _floats(logs: dict[str, Any], prefix: str) -> dict[str, float]:
-    return {prefix + k: float(v.detach()) if isinstance(v, Tensor) else float(v) for k, v in logs.items()}
+def diverged(bad: tuple[str, float], step: int, last_checkpoint: Path | None,
+             precision: Precision) -> TrainingDiverged:
+    """The error for the non-finite value `bad` met at 0-based `step` (naming the skipped updates under loss
+    scaling)."""
+    kept = f"the last good checkpoint is '{last_checkpoint}'" if last_checkpoint else "no checkpoint was written yet"
+    skipped = ", ".join(f"{name} {count}" for name, count in precision.skipped.items())
+    scaled = f" (float16 loss scaling; updates skipped in a row for non-finite losses: {skipped})" if skipped else ""
+    return TrainingDiverged(f"loss '{bad[0]}' is {bad[1]} at iteration {step + 1}{scaled}; stopped before updating, "
+                            f"{kept}")
+
+
+def _detached(logs: dict[str, Any], prefix: str) -> dict[str, Tensor | float]:
+    return {prefix + k: v.detach() if isinstance(v, Tensor) else float(v) for k, v in logs.items()}
+
+
+def as_floats(logs: dict[str, Tensor | float]) -> dict[str, float]:
+    """Logged values as Python floats (one host sync per tensor: only on logging iterations)."""
+    return {k: float(v) for k, v in logs.items()}
 
 
 def _non_ema(nets: dict[str, nn.Module], ema: dict[str, nn.Module]) -> dict[str, nn.Module]:

@@ -7,7 +7,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, autograd
+from torch import Tensor
+
+from i2i.engine.amp import penalty_grad
 
 # Reference training recipe (train.py defaults); the translator's trainer owns the loop, these are its settings.
 R1_GAMMA = 10.0
@@ -35,7 +37,7 @@ def d_r1_loss(real_pred: Tensor, real_img: Tensor) -> Tensor:
     """
     if not real_img.requires_grad:
         raise ValueError("d_r1_loss: real_img must require grad (call real_img.requires_grad_(True) before D(real_img))")
-    (grad,) = autograd.grad(outputs=real_pred.sum(), inputs=real_img, create_graph=True)
+    grad = penalty_grad(real_pred, real_img)
     return grad.pow(2).reshape(grad.shape[0], -1).sum(1).mean()
 
 
@@ -51,7 +53,7 @@ def g_path_regularize(fake_img: Tensor, latents: Tensor, mean_path_length: float
         raise ValueError("g_path_regularize: latents must be part of the graph "
                          "(G(..., return_latents=True) with grad enabled)")
     noise = torch.randn_like(fake_img) / math.sqrt(fake_img.shape[2] * fake_img.shape[3])
-    (grad,) = autograd.grad(outputs=(fake_img * noise).sum(), inputs=latents, create_graph=True)
+    grad = penalty_grad(fake_img * noise, latents)
     path_lengths = torch.sqrt(grad.pow(2).sum(2).mean(1))
     path_mean = mean_path_length + decay * (path_lengths.mean() - mean_path_length)
     return (path_lengths - path_mean).pow(2).mean(), path_mean.detach(), path_lengths

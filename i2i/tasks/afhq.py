@@ -25,6 +25,7 @@ from i2i.data.afhq import AFHQTrainStream, load_eval_images, scan_split
 from i2i.data.images import DatasetError, load_rgb
 from i2i.data.subset import manifest_domains, read_manifest, select_fraction, write_manifest
 from i2i.data.synthetic import make_afhq
+from i2i.engine.amp import penalty_grad
 from i2i.engine.distributed import shard_slice
 from i2i.nets.stargan_v2 import (build_nets, he_init, load_official_checkpoint, load_official_nets,
                                   official_architecture)
@@ -69,7 +70,7 @@ def adv_loss(logits: Tensor, target: float) -> Tensor:
 
 def r1_penalty(d_out: Tensor, x_in: Tensor) -> Tensor:
     """R1 = 0.5 * mean over the batch of |dD(x)/dx|^2 (summed over pixels); x_in must require grad."""
-    (grad,) = torch.autograd.grad(d_out.sum(), x_in, create_graph=True)
+    grad = penalty_grad(d_out, x_in)
     return 0.5 * grad.pow(2).reshape(grad.shape[0], -1).sum(1).mean()
 
 
@@ -104,6 +105,7 @@ class AFHQTask(Task):
     LossConfig = AFHQLossConfig
     OptimConfig = AFHQOptimConfig
     critic_net = "discriminator"
+    double_backward_nets = ("discriminator",)  # R1
     ema_net_names = GENERATOR_SIDE
     branch_names = ("latent", "reference")
 

@@ -107,6 +107,9 @@ class Task(ABC):
     branch_names: ClassVar[tuple[str, ...]] = ("main",)  # the names `branches()` gives its branches
     step_order: ClassVar[str] = "d_first"  # d_first: all D steps, then all G steps (StarGAN v2) | g_first (SPADE)
     sync_batchnorm_nets: ClassVar[tuple[str, ...]] = ()  # nets whose BatchNorm uses all ranks' samples under DDP
+    # nets a loss differentiates twice (R1's gradient penalty): --compile leaves them eager, since torch.compile's
+    # autograd does not support a double backward
+    double_backward_nets: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg, device: torch.device):
         self.cfg = cfg
