@@ -25,8 +25,8 @@ from torchvision.utils import make_grid
 
 from i2i.config import ConfigError
 from i2i.data.images import DatasetError, load_rgb
-from i2i.data.nirvis import (MANIFEST_NAME, NIRVISTrainStream, load_face, load_recognition_protocol, train_set_for_run,
-                             write_manifest)
+from i2i.data.nirvis import (MANIFEST_NAME, NIRVISTrainStream, load_face, load_recognition_protocol, load_train_set,
+                             train_set_for_run, write_manifest)
 from i2i.data.synthetic import make_nirvis
 from i2i.fileio import atomic_write_text
 from i2i.nets.lightcnn import FEATURE_DIM, LightCNN29v2, faces_to_lightcnn_input
@@ -71,6 +71,7 @@ class NIRVISTask(Task):
     LossConfig = NIRVISLossConfig
     OptimConfig = NIRVISOptimConfig
     critic_net = "discriminator"
+    double_backward_nets = ("discriminator",)  # R1
     ema_net_names = ("generator",)
 
     @classmethod
@@ -95,6 +96,10 @@ class NIRVISTask(Task):
             make_nirvis(root, img_size=max(64, d.img_size))
         self.train_set = train_set_for_run(root, run_dir, fold=d.fold, frac=d.frac, seed=self.cfg.train.seed,
                                            pairs=d.pairs, resume=resume)
+        # the stand-in for the released LightCNN learns from the fold's whole training split, whatever part of it the
+        # translator gets (--data-frac, --pairs): the released network was trained on other data, and every setting
+        # of the study is then scored by the same recognizer
+        self.encoder_set = load_train_set(root, d.fold)
         self.protocol = load_recognition_protocol(root, d.fold)
         self.run_dir = Path(run_dir)
 
@@ -127,7 +132,7 @@ class NIRVISTask(Task):
         settings = EncoderTraining(img_size=self.cfg.data.img_size, steps=m.encoder_steps, seed=self.cfg.train.seed,
                                    width=m.encoder_width)
         encoder, self.encoder_source, self.encoder_calibrated = identity_encoder(
-            m.encoder_weights, m.pretrain_encoder, self.train_set, settings, Path.home() / ".cache" / "i2i",
+            m.encoder_weights, m.pretrain_encoder, self.encoder_set, settings, Path.home() / ".cache" / "i2i",
             self.device, progress=self.cfg.train.progress)
         with torch.no_grad():
             nets["encoder"].load_state_dict(encoder.state_dict())
