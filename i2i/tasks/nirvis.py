@@ -50,6 +50,8 @@ class NIRVISModelConfig:
     pretrain_encoder: bool = False  # without the file: train a LightCNN-29v2 on the training identities (cached)
     encoder_steps: int = 600
     encoder_width: float = 1.0  # LightCNN's channel scale; 1.0 = the released network (< 1: pretrained here, demos)
+    # the pretraining's seed, not the run's: like the one released file, one recognizer serves every run and seed
+    encoder_seed: int = 0
     cache_codes: bool = True  # the encoder is frozen: remember each training face's code (exact; saves its forward)
 
 
@@ -129,7 +131,7 @@ class NIRVISTask(Task):
     def initialize(self, nets: dict[str, nn.Module]) -> None:
         """StyleGAN2 keeps PyTorch's init (its equalised layers scale at run time); the encoder gets its weights."""
         m = self.cfg.model
-        settings = EncoderTraining(img_size=self.cfg.data.img_size, steps=m.encoder_steps, seed=self.cfg.train.seed,
+        settings = EncoderTraining(img_size=self.cfg.data.img_size, steps=m.encoder_steps, seed=m.encoder_seed,
                                    width=m.encoder_width)
         encoder, self.encoder_source, self.encoder_calibrated = identity_encoder(
             m.encoder_weights, m.pretrain_encoder, self.encoder_set, settings, Path.home() / ".cache" / "i2i",
