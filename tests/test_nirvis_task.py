@@ -1,6 +1,8 @@
 """The NIR-VIS task (frozen LightCNN-29v2 + StyleGAN2 decoder, ReMix on the codes) on a tiny procedural face set."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -119,6 +121,11 @@ def test_pretrained_encoder_is_trained_once_and_cached(faces, tmp_path, monkeypa
     Trainer(build_config("nirvis", None, {"data.root": str(faces), **TINY_NV, "model.pretrain_encoder": True,
                                           "model.encoder_steps": 2, "train.total_iters": 1, "data.frac": 0.5,
                                           "data.pairs": "one", "train.seed": 5}), tmp_path / "c").fit()
+    assert list((tmp_path / ".cache" / "i2i").glob("lightcnn-pretrained-*.pt")) == cached
+    # the same data elsewhere (a copy) too
+    shutil.copytree(faces, tmp_path / "copy")
+    Trainer(build_config("nirvis", None, {"data.root": str(tmp_path / "copy"), **TINY_NV, "model.pretrain_encoder": True,
+                                          "model.encoder_steps": 2, "train.total_iters": 1}), tmp_path / "d").fit()
     assert list((tmp_path / ".cache" / "i2i").glob("lightcnn-pretrained-*.pt")) == cached
     assert torch.load(cached[0], weights_only=True)["subjects"] == list(load_train_set(faces, "1").subjects)
 

@@ -81,8 +81,12 @@ def pretrain_encoder(train_set: NIRVISTrainSet, settings: EncoderTraining, cache
                      device: torch.device, progress: bool = True) -> tuple[LightCNN29v2, Path]:
     """A LightCNN-29v2 trained to classify the training identities from NIR and VIS faces (Adam, flips), cached in
     `cache_dir` by the identities' files and the settings; returns the encoder (fc2 dropped, eval, frozen)."""
-    key = hashlib.sha256(json.dumps({"faces": [[str(p) for p in paths] for paths in train_set.nir + train_set.vis],
-                                     "settings": asdict(settings), "version": VERSION}).encode()).hexdigest()[:16]
+    # the files by their place in the data set and their size, not their absolute path: the same data mounted
+    # elsewhere (a copy, a git worktree's symlink) reuses the cached encoder
+    faces = [[(_relative(p, train_set.root), p.stat().st_size) for p in paths]
+             for paths in train_set.nir + train_set.vis]
+    key = hashlib.sha256(json.dumps({"faces": faces, "settings": asdict(settings), "version": VERSION}).encode()
+                         ).hexdigest()[:16]
     path = Path(cache_dir) / f"lightcnn-pretrained-{key}.pt"
     if not path.is_file():
         with torch.random.fork_rng(devices=[]):  # dropout draws: training here must not move the run's RNG
@@ -93,6 +97,13 @@ def pretrain_encoder(train_set: NIRVISTrainSet, settings: EncoderTraining, cache
     encoder = LightCNN29v2(encoder_only=True, width=settings.width)
     encoder.load_state_dict(payload["state_dict"], strict=True)
     return encoder.eval().requires_grad_(False).to(device), path
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:  # a file outside the root (an edited manifest): its own path
+        return str(path)
 
 
 def identity_encoder(weights: str | None, pretrain: bool, train_set: NIRVISTrainSet, settings: EncoderTraining,
