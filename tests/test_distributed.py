@@ -63,12 +63,14 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(tiny_afhq, tmp_p
 def assert_same_weights(a: dict, b: dict) -> None:
     """Weights match up to the round-off of summing the batch means in another order. Biases right before an
     InstanceNorm are the exception: their true gradient is 0, so Adam normalises round-off into lr-sized steps that
-    differ between the runs — and that the normalisation removes again, so the outputs still agree."""
+    differ between the runs — and that the normalisation removes again, so the outputs still agree. atol 5e-5: the
+    largest difference measured after 4 iterations was 1.5e-5 (on a CPU without AVX-512; 1e-5 had passed elsewhere),
+    while one Adam step at the generator's learning rate moves a weight by about 1e-4."""
     for group in ("nets", "nets_ema"):
         for net, state in a[group].items():
             for key, value in state.items():
                 if value.is_floating_point() and value.dim() >= 2:
-                    torch.testing.assert_close(b[group][net][key], value, atol=1e-5, rtol=1e-4,
+                    torch.testing.assert_close(b[group][net][key], value, atol=5e-5, rtol=1e-4,
                                                msg=f"{group}.{net}.{key}")
 
 
