@@ -14,16 +14,13 @@ from torch import nn
 from i2i.config import build_config
 from i2i.engine.amp import penalty_grad, penalty_scale
 from i2i.engine.checkpoint import load_checkpoint
+from i2i.engine.logging import read_log
 from i2i.engine.trainer import Trainer, TrainingDiverged
 from i2i.tasks import task_class
 from tests.conftest import TINY, TINY_CITYSCAPES, TINY_NIRVIS
 from tests.test_trainer import assert_same_tree, comparable
 
 FP16 = {"train.amp": True, "train.amp_dtype": "float16"}
-
-
-def read_log(run_dir) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("task", ["afhq", "cityscapes", "nirvis"])
@@ -148,6 +145,8 @@ def test_an_overflow_in_training_is_skipped_and_logged_and_a_persistent_one_stop
         return trainer
 
     poisoned({"latent"}).fit()  # the reference branch's D update follows, and the G updates
+    text = (tmp_path / "latent" / "log.jsonl").read_text()
+    assert json.loads(text.splitlines()[0], parse_constant=pytest.fail)["D/latent_loss"] == "Infinity"  # strict JSON
     log = read_log(tmp_path / "latent")
     assert log[0]["D/latent_loss"] == math.inf and math.isfinite(log[0]["D/reference_loss"])
     assert log[0]["amp/scale"] <= 2.0**15 / 2
@@ -172,8 +171,14 @@ def test_compile_trains_with_the_same_state_dict_keys_or_falls_back_to_eager(tas
     source, tiny = {"afhq": (tiny_afhq, TINY), "cityscapes": (tiny_streets, TINY_CITYSCAPES)}[task]
     monkeypatch.setattr(task_class(task), "double_backward_nets", double_backward)
 
+    falls_back = task == "afhq" and not double_backward
+    # compiled vs eager weights after one iteration: Adam's next steps move a weight by about ±lr wherever its
+    # gradient is round-off small, so they would compare the round-off of the two graphs (which varies with threads)
+    iterations = 2 if falls_back else 1
+
     def run(name: str, **overrides) -> dict:
-        cfg = build_config(task, None, {"data.root": str(source), **tiny, "train.total_iters": 2, **overrides})
+        cfg = build_config(task, None, {"data.root": str(source), **tiny, "train.total_iters": iterations,
+                                        **overrides})
         return load_checkpoint(Trainer(cfg, tmp_path / name).fit())
 
     eager, compiled = run("eager"), run("compiled", **{"train.compile": True})
@@ -182,10 +187,10 @@ def test_compile_trains_with_the_same_state_dict_keys_or_falls_back_to_eager(tas
         for name in eager[key]:
             assert compiled[key][name].keys() == eager[key][name].keys(), f"{key}.{name}"
     warnings = [line for line in capsys.readouterr().err.splitlines() if "--compile" in line]
-    if task == "afhq" and not double_backward:
+    if falls_back:
         assert len(warnings) == 1 and "double backward" in warnings[0] and "without torch.compile" in warnings[0]
         assert_same_tree(comparable(compiled), comparable(eager))  # the failed trial left nothing behind
     else:
         assert not warnings
         for name, weights in eager["nets"]["generator"].items():
-            torch.testing.assert_close(compiled["nets"]["generator"][name], weights, msg=name)
+            torch.testing.assert_close(compiled["nets"]["generator"][name], weights, msg=lambda m: f"{name}: {m}")

@@ -9,6 +9,7 @@ from PIL import Image
 from i2i.config import build_config
 from i2i.engine.checkpoint import load_checkpoint
 from i2i.engine.trainer import Trainer
+from i2i.tasks.base import Negatives
 from tests.conftest import TINY_CITYSCAPES
 from tests.test_trainer import assert_same_tree, comparable
 
@@ -75,6 +76,35 @@ def test_relative_vgg_loss_reaches_the_generator_only(streets, tmp_path):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in task.nets["generator"].parameters())
     assert all(p.grad is None for p in task.nets["discriminator"].parameters())
     assert all(p.grad is None for p in task.vgg.parameters())
+
+
+def test_the_d_loss_scores_reals_and_fakes_in_one_critic_pass_with_the_separate_passes_value(streets, tmp_path):
+    """As the official code: one D pass over reals and every negative set (one spectral-norm power iteration per D
+    step); with D in eval mode (no power iteration) the loss equals that of one pass per set (instance norm is per
+    sample)."""
+    trainer = Trainer(config(streets, **{"regularizers.pcr": True}), tmp_path / "run")
+    trainer.setup(None)
+    task = trainer.task
+    batch = {k: v.to(task.device) for k, v in next(iter(task.train_stream(0))).items()}
+    branch = task.branches(batch, 0)[0]
+    with torch.no_grad():
+        _, fake = trainer.translate(branch)
+    real_a, real_b = task.real_pair(branch)
+    negatives = Negatives(trainer.regs.negative_sets(fake, branch.cond_fake, real_a, real_b, task.real_condition(branch)))
+    assert len(negatives.sets) > 1
+    D = task.nets["discriminator"]
+    calls = []
+    first_conv = next(m for m in D.modules() if isinstance(m, torch.nn.Conv2d))  # runs once per pass
+    hook = first_conv.register_forward_hook(lambda *_: calls.append(1))
+    D.train()
+    task.d_loss(branch, task.critic, negatives)
+    assert len(calls) == 1
+    D.eval()
+    fused, _ = task.d_loss(branch, task.critic, negatives)
+    separate, _ = task.d_loss(branch, lambda x, c: task.critic(x, c), negatives)
+    hook.remove()
+    assert len(calls) == 2 + 1 + len(negatives.sets)
+    torch.testing.assert_close(fused, separate, rtol=1e-5, atol=1e-6)
 
 
 def test_g_step_comes_before_d_step_and_the_rate_decays(streets, tmp_path):

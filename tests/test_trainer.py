@@ -72,6 +72,33 @@ def test_reusing_the_d_step_fakes_in_the_g_step_changes_nothing(tiny_config, tmp
         assert_same_tree(a[key], b[key], key)
 
 
+@pytest.mark.parametrize("branch_name, stepped", [("latent", {"generator", "mapping_network", "style_encoder"}),
+                                                 ("reference", {"generator"})])
+@pytest.mark.parametrize("method", [{}, {"remix.method": "remix", "remix.p": 1.0, "regularizers.adaptivemix": True,
+                                         "regularizers.adaptivemix_on_generator": True, "regularizers.diffaug": "color"}],
+                         ids=["baseline", "remix+adaptivemix+diffaug"])
+def test_the_g_step_computes_gradients_of_the_nets_it_steps_only(tiny_config, tmp_path, method, branch_name, stepped):
+    """The G step's backward goes through D (and, in the reference branch, E) to the fakes but not into the weights
+    of a net it does not step (the update would discard them); those stay trainable and unchanged, the stepped move."""
+    trainer = Trainer(tiny_config(**method), tmp_path / "run")
+    trainer.setup(None)
+    task = trainer.task
+    batch = {k: v.to(task.device) for k, v in next(iter(task.train_stream(0))).items()}
+    branch = next(b for b in task.branches(batch, 0) if b.name == branch_name)
+    branch.lam = torch.tensor(0.7) if method else None
+    before = {name: [p.detach().clone() for p in net.parameters()] for name, net in task.nets.items()}
+    trainer.g_step(branch, 0)
+    for name, net in task.nets.items():
+        params = list(net.parameters())
+        assert all(p.requires_grad for p in params), name
+        if name in stepped:
+            assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params), name
+            assert not all(torch.equal(p, q) for p, q in zip(params, before[name])), name
+        else:
+            assert all(p.grad is None for p in params), name
+            assert all(torch.equal(p, q) for p, q in zip(params, before[name])), name
+
+
 @pytest.mark.skipif(not amp_supported(torch.device("cpu")), reason="this CPU has no bfloat16 instructions")
 @pytest.mark.parametrize("task", ["afhq", "cityscapes", "nirvis"])
 def test_amp_trains_every_task_in_bfloat16_on_a_cpu_with_bf16(task, tiny_afhq, tiny_streets, tiny_faces, lightcnn_file,

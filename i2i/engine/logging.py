@@ -1,7 +1,11 @@
-"""Run logs: one JSON object per logged iteration in RUN/log.jsonl, mirrored to TensorBoard when it is installed."""
+"""Run logs: one JSON object per logged iteration in RUN/log.jsonl, mirrored to TensorBoard when it is installed.
+
+The file is strict JSON (any parser reads it): a non-finite value, such as the loss of an update skipped under float16
+loss scaling, is written as the string "Infinity", "-Infinity" or "NaN"; `read_log` gives it back as a float."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -30,8 +34,9 @@ class RunLogger:
     def log(self, iteration: int, values: dict[str, float], **extra) -> None:
         if not self.enabled:
             return
-        record = {"iter": iteration, "time": round(time.time(), 3), **extra, **values}
-        self._file.write(json.dumps(record) + "\n")
+        record = {"iter": iteration, "time": round(time.time(), 3), **extra,
+                  **{k: v if math.isfinite(v) else _NON_FINITE[str(v)] for k, v in values.items()}}
+        self._file.write(json.dumps(record, allow_nan=False) + "\n")
         self._file.flush()
         if self._tb is not None:
             for key, value in values.items():
@@ -46,9 +51,17 @@ class RunLogger:
             self._tb = None
 
 
+_NON_FINITE = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}
+
+
 def read_log(run_dir: Path) -> list[dict]:
+    """RUN/log.jsonl's records, non-finite values as floats again ([] when there is no log)."""
     path = Path(run_dir) / "log.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    if not path.exists():
+        return []
+    back = set(_NON_FINITE.values())
+    return [{k: float(v) if isinstance(v, str) and v in back else v for k, v in json.loads(line).items()}
+            for line in path.read_text().splitlines() if line.strip()]
 
 
 def _truncate_after(path: Path, start: int) -> None:

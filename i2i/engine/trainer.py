@@ -17,7 +17,7 @@ import math
 import signal
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -260,7 +260,7 @@ class Trainer:
         """keep_fakes: the fakes keep their graph and the branch's G step uses them instead of translating again
         (only valid when no G step runs in between)."""
         task, regs = self.task, self.regs
-        with nullcontext() if keep_fakes else torch.no_grad(), self.precision.autocast():
+        with self.only_stepped_nets_record_grads(branch) if keep_fakes else torch.no_grad(), self.precision.autocast():
             codes, fake = self.translate(branch)
         if keep_fakes:
             branch.translation = (codes, fake)
@@ -275,9 +275,14 @@ class Trainer:
         self.optimize(loss, values, (task.critic_net,), step)
         return values
 
+    def only_stepped_nets_record_grads(self, branch: Branch):
+        """The G step's graph: the nets it does not step (D; StarGAN v2's reference branch also E and F) pass
+        gradients on to their inputs but compute none for their weights, which the update would discard."""
+        return frozen(*(net for name, net in self.task.nets.items() if name not in branch.g_nets))
+
     def g_step(self, branch: Branch, step: int) -> dict[str, Tensor]:
         task, regs = self.task, self.regs
-        with self.precision.autocast():
+        with self.precision.autocast(), self.only_stepped_nets_record_grads(branch):
             codes, fake = branch.translation or self.translate(branch)
             branch.translation = None
             loss, logs = task.g_loss(branch, regs.critic(task, for_generator=True), fake, codes)
@@ -447,6 +452,20 @@ class Trainer:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+@contextmanager
+def frozen(*nets: nn.Module):
+    """The parameters of `nets` record no autograd graph inside the block (their requires_grad flags are restored)."""
+    params = [p for net in nets for p in net.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
 
 
 @torch.no_grad()

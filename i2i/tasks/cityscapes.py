@@ -239,8 +239,15 @@ class CityscapesTask(Task):
         return branch.inputs["semantics"]
 
     def d_loss(self, branch: Branch, critic: Critic, negatives: Negatives) -> tuple[Tensor, dict[str, Tensor]]:
-        loss_real = hinge_d(critic(branch.inputs["image"], branch.inputs["semantics"]), real=True)
-        loss_fake = sum(w * hinge_d(critic(images, cond), real=False) for images, cond, w in negatives.sets)
+        pairs = [(branch.inputs["image"], branch.inputs["semantics"]), *((x, c) for x, c, _ in negatives.sets)]
+        if critic == self.critic:  # one D pass over reals and fakes, as the official code (one power iteration)
+            sizes = [x.shape[0] for x, _ in pairs]
+            scales = [l.split(sizes) for l in critic(torch.cat([x for x, _ in pairs]), torch.cat([c for _, c in pairs]))]
+            logits = [[scale[k] for scale in scales] for k in range(len(pairs))]
+        else:  # a wrapped critic (DiffAugment, AdaptiveMix) draws its augmentation / mixing per set
+            logits = [critic(x, c) for x, c in pairs]
+        loss_real = hinge_d(logits[0], real=True)
+        loss_fake = sum(w * hinge_d(l, real=False) for l, (_, _, w) in zip(logits[1:], negatives.sets))
         return loss_real + loss_fake, {"real": loss_real.detach(), "fake": loss_fake.detach()}
 
     def g_loss(self, branch: Branch, critic: Critic, fake: Tensor, codes: Codes) -> tuple[Tensor, dict[str, Tensor]]:
