@@ -158,6 +158,40 @@ def test_an_overflow_in_training_is_skipped_and_logged_and_a_persistent_one_stop
         trainer.fit()
 
 
+def test_gradients_that_keep_overflowing_with_a_finite_loss_stop_the_run(tiny_config, tmp_path):
+    """GradScaler skips an update whose gradients overflow though the loss is finite; one such update is absorbed (the
+    scale backs off), `max_skipped` in a row for a net stop the run naming it. The counters are checkpointed."""
+    def run(name: str, poisoned_iterations: int, total: int, max_skipped: int = 3) -> Trainer:
+        trainer = Trainer(tiny_config(**{**FP16, "train.total_iters": total, "train.log_every": 1,
+                                         "train.save_every": 2}), tmp_path / name)
+        trainer.setup(None)
+        trainer.precision.max_skipped = max_skipped
+        decode, poisoned = trainer.task.decode, {"calls": 0}
+
+        def decode_with_inf_gradients(e, branch):  # every G-side gradient behind the fakes becomes inf
+            fake = decode(e, branch)
+            poisoned["calls"] += fake.requires_grad
+            if fake.requires_grad and poisoned["calls"] <= 2 * poisoned_iterations:  # 2 G steps per iteration
+                fake.register_hook(lambda grad: grad * float("inf"))
+            return fake
+
+        trainer.task.decode = decode_with_inf_gradients
+        return trainer
+
+    trainer = run("once", poisoned_iterations=1, total=2)
+    assert load_checkpoint(trainer.fit())["amp"]["overflows"] == {"discriminator": 0, "generator": 0,
+                                                                   "mapping_network": 0, "style_encoder": 0}
+    assert {name: int(n) for name, n in trainer.precision.overflows.items()}["generator"] == 0  # a clean step reset it
+    log = read_log(tmp_path / "once")
+    assert all(math.isfinite(v) for v in log[0].values())  # the losses were finite: only the gradients overflowed
+    assert log[1]["amp/scale"] <= 2.0**15 / 4  # the two skipped G updates backed the scale off
+
+    with pytest.raises(TrainingDiverged, match=r"^float16 gradients overflowed in every update for 3\+ in a row "
+                                               r"\(updates skipped: generator 4\) "
+                                               r"by iteration 2; stopped, no checkpoint was written yet$"):
+        run("always", poisoned_iterations=10, total=4).fit()
+
+
 @pytest.mark.parametrize("task, double_backward", [("afhq", ("discriminator",)), ("cityscapes", ()), ("afhq", ())])
 def test_compile_trains_with_the_same_state_dict_keys_or_falls_back_to_eager(task, double_backward, tiny_afhq,
                                                                              tiny_streets, tmp_path, capsys,

@@ -87,6 +87,9 @@ class Precision:
         # per net: its updates skipped in a row for a non-finite loss (per net, not per update, so that a critic
         # that keeps diverging is caught even though the generator's updates in between succeed)
         self.skipped: dict[str, int] = {}
+        # per net: its updates in a row that GradScaler skipped because the gradients overflowed (the loss being
+        # finite); 0-d counters on the device, read on logging iterations only (`overflowing_nets`)
+        self.overflows: dict[str, Tensor] = {}
         self._one = torch.ones((), device=device)
 
     @contextmanager
@@ -113,10 +116,23 @@ class Precision:
             for opt in optimizers.values():
                 opt.step()
             return
+        before = self.scale()
         for name, opt in optimizers.items():
             self.scaler.step(opt)
             self.skipped.pop(name, None)
         self.scaler.update()
+        overflowed = self.scale() < before  # the scale backs off exactly when some gradient was not finite
+        for name in optimizers:
+            count = self.overflows.get(name, torch.zeros((), dtype=torch.int64, device=self.device))
+            self.overflows[name] = torch.where(overflowed, count + 1, 0)
+
+    def overflowing_nets(self) -> dict[str, int]:
+        """The nets whose last `max_skipped` or more updates in a row were skipped for overflowing gradients, with
+        their counts (one host sync)."""
+        if not self.overflows:
+            return {}
+        counts = torch.stack(list(self.overflows.values())).tolist()
+        return {name: n for name, n in zip(self.overflows, counts) if n >= self.max_skipped}
 
     def skip_update(self, names: Iterable[str]) -> bool:
         """A loss of the nets `names` was not finite. Under loss scaling: halves the scale and returns True (the
@@ -130,7 +146,10 @@ class Precision:
         return True
 
     def state_dict(self) -> dict:
-        return {"scaler": self.scaler.state_dict(), "skipped": dict(self.skipped)} if self.scaler is not None else {}
+        if self.scaler is None:
+            return {}
+        return {"scaler": self.scaler.state_dict(), "skipped": dict(self.skipped),
+                "overflows": {name: int(n) for name, n in self.overflows.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         """Restores a float16 run's scaler; a checkpoint without one (older, or float32 / bfloat16) keeps the fresh
@@ -138,3 +157,5 @@ class Precision:
         if self.scaler is not None and state:
             self.scaler.load_state_dict(state["scaler"])
             self.skipped = dict(state["skipped"])
+            self.overflows = {name: torch.tensor(n, dtype=torch.int64, device=self.device)
+                              for name, n in state.get("overflows", {}).items()}

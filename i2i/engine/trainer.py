@@ -389,6 +389,8 @@ class Trainer:
                     self.iteration += 1
                     progress.update(1)
                     step, last = self.iteration, self.iteration == train.total_iters
+                    if step % train.log_every == 0 or last:
+                        self.check_gradient_overflows(step)
                     if main and (step % train.log_every == 0 or last):
                         seconds = (time.perf_counter() - tic) / (step - logged_at)
                         logs = as_floats(logs)
@@ -406,6 +408,18 @@ class Trainer:
             if logger is not None:
                 logger.close()
         return self.last_checkpoint
+
+    def check_gradient_overflows(self, step: int) -> None:
+        """float16 loss scaling: a net whose gradients overflowed in `max_skipped` updates in a row (each skipped by
+        GradScaler, the scale halved each time) has stopped learning; the run stops (every rank holds the same
+        scale, so all stop alike)."""
+        stuck = self.precision.overflowing_nets()
+        if stuck:
+            nets = ", ".join(f"{name} {count}" for name, count in stuck.items())
+            kept = f"the last good checkpoint is '{self.last_checkpoint}'" if self.last_checkpoint else \
+                "no checkpoint was written yet"
+            raise TrainingDiverged(f"float16 gradients overflowed in every update for {self.precision.max_skipped}+ "
+                                   f"in a row (updates skipped: {nets}) by iteration {step}; stopped, {kept}")
 
     def _stopping(self) -> bool:
         """A signal reached this process (or, under torchrun, any rank: all ranks stop at the same iteration)."""
