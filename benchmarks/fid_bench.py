@@ -16,7 +16,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 import warnings
@@ -27,6 +26,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.machine import describe  # noqa: E402
 
 from evaluators.fid import FIDInceptionV3, fid_from_features, frechet_distance, statistics  # noqa: E402
 from tests.fixture_weights import FIXTURES, filled  # noqa: E402
@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     report = {
-        "benchmark": "fid", "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-        "machine": platform.machine(), "load_average_at_start": os.getloadavg(),
+        "benchmark": "fid", "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "machine": describe("cpu"), "load_average_at_start": os.getloadavg(),
         "frechet_distance": bench_distance(args.dim, args.samples, args.low_rank_samples),
         "feature_extraction": bench_extraction(args.images, args.batch_size, args.image_size),
     }

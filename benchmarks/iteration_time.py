@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import sys
@@ -27,6 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.machine import describe  # noqa: E402
 from i2i.config import CONFIG_DIR, build_config  # noqa: E402
 from i2i.engine.trainer import Trainer  # noqa: E402
 from i2i.tasks import TASKS  # noqa: E402
@@ -108,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "task": args.task,
         "preset": str(Path(args.preset).relative_to(REPO)) if Path(args.preset).is_relative_to(REPO) else args.preset,
         "overrides": common,
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "device": str(device)},
+        "machine": describe(device),
         "memory": memory,
         "rounds": args.rounds, "iters_per_round": args.iters,
         "variants": {name: {"median_sec_per_iter": statistics.median(s), "ratio_to_baseline": statistics.median(s) / base,

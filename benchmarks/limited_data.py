@@ -106,6 +106,8 @@ AFHQ_METHODS = {
     "adaptivemix": ["--adaptivemix"],
     "pcr": ["--pcr"],
     "pcr+sc": ["--pcr", "--sample-correction"],
+    # whether the demo's metrics hold in bfloat16 (issue 11); runs only where bf16 autocast is real (run_job)
+    "amp (bf16)": ["--amp"],
     "remix+diffaug": ["--remix", "--diffaug", "color,translation,cutout"],
     # the review fixes of issue 8, against the behaviour before them
     "remix (shared code)": ["--remix", "--remix.second_code", "shared"],
@@ -218,6 +220,9 @@ def run_job(job: Job, threads: int) -> str:
     if job.final.is_file():
         archive_run(job)
         return f"skip {job.run_dir.relative_to(REPO)} (done; archived)"
+    if "--amp" in job.entry.methods[job.method] and not _bf16_autocast_available():
+        raise RuntimeError(f"{job.method!r} needs bfloat16 autocast (CUDA, or a CPU with AVX-512 BF16); here --amp "
+                           "would train in float32 and the result would be float32's under a bf16 label")
     start = time.perf_counter()
     log = job.run_dir / "study.log"
     train = [sys.executable, "-m", "i2i.train", "--task", job.entry.task, "--config", str(job.entry.preset),
@@ -239,6 +244,15 @@ def run_job(job: Job, threads: int) -> str:
     archive_run(job)
     return (f"done {job.run_dir.relative_to(REPO)}: train {trained / 60:.1f} min, evaluation "
             f"{(time.perf_counter() - start - trained) / 60:.1f} min")
+
+
+def _bf16_autocast_available() -> bool:
+    """Whether `python -m i2i.train --amp` (default --device auto) trains in bfloat16 on this machine."""
+    import torch
+
+    from i2i.engine.amp import amp_supported
+
+    return amp_supported(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _tag(path: Path, method: str) -> None:

@@ -26,7 +26,6 @@ import io
 import itertools
 import json
 import pickle
-import platform
 import shutil
 import statistics
 import subprocess
@@ -44,6 +43,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.machine import describe  # noqa: E402
 from i2i.config import CONFIG_DIR, build_config  # noqa: E402
 from i2i.data.synthetic import make_afhq, make_cityscapes  # noqa: E402
 from i2i.engine.trainer import Trainer  # noqa: E402
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         "ours_overrides": dict(item.split("=", 1) for item in a.set), "ours_parameters": ours_params,
         "same_parameter_counts": ours_params == config["parameters"],
         "device": str(trainer.device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "platform": platform.platform(), "flush_denormal": True,
+        "machine": describe(trainer.device), "flush_denormal": True,
         "rounds": a.rounds, "iters_per_round": a.iters, "warmup": a.warmup,
         "timed": "one iteration from a batch in memory: all D/G forward, backward, optimiser steps, EMA, loss "
                  "logging (SPADE: also their in-model one-hot + edges); no data loading, sampling or checkpoints",

@@ -139,6 +139,15 @@ def _load(results: Path, name: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _where(machine: dict) -> str:
+    """"cpu, 2 threads", plus the CPU and its bfloat16 support where the report records them (older ones do not)."""
+    text = f"{machine['device']}, {machine['threads']} threads"
+    if "cpu" in machine:
+        bf16 = "AVX-512 BF16" if "avx512_bf16" in machine.get("cpu_flags", []) else "no bf16 instructions"
+        text += f", {machine['cpu']} with {bf16}"
+    return text
+
+
 def summary(results: Path) -> str:
     lines = ["# Benchmark summary", "", "Written by `python benchmarks/run_all.py` from `benchmarks/results/*.json`; "
              "ratios are measured within one run.", ""]
@@ -151,7 +160,7 @@ def summary(results: Path) -> str:
                 batch = result.get("overrides", {}).get("train.batch_size", "preset's")
                 rows.append(f"| {task} | {result['preset']} | {batch} | "
                             f"{base['median_sec_per_iter']:.3f} | {result.get('memory', {}).get('peak_rss_mib', '—')} | "
-                            f"{result['machine']['device']}, {result['machine']['threads']} threads |")
+                            f"{_where(result['machine'])} |")
     if rows:
         lines += ["## Iteration time and peak memory (baseline)", "",
                   "Peak RSS is the benchmark process's: a demo row's process holds every variant's trainer at once; "
@@ -164,9 +173,10 @@ def summary(results: Path) -> str:
         if result:
             cells = ", ".join(f"{name} {v['ratio_to_baseline']:.2f}" for name, v in result["variants"].items()
                               if name != "baseline")
-            ratio_rows.append(f"| {task} | {cells} |")
+            ratio_rows.append(f"| {task} | {cells} | {_where(result['machine'])} |")
     if ratio_rows:
-        lines += ["## Regularizers: iteration time / baseline (demo preset)", "", "| task | × baseline |", "|---|---|",
+        lines += ["## Regularizers: iteration time / baseline (demo preset)", "", "| task | × baseline | device |",
+                  "|---|---|---|",
                   *ratio_rows, ""]
     ddp = _load(results, "ddp_scaling")
     if ddp:
@@ -177,7 +187,7 @@ def summary(results: Path) -> str:
         if official and "ratio_ours_to_official" in official:
             lines += [f"## Official code vs ours: {task}", "",
                       f"One training iteration, ours / official = {official['ratio_ours_to_official']:.3f} "
-                      f"({official['device']}, {official['threads']} threads; the configuration and the remaining "
+                      f"({_where(official.get('machine', official))}; the configuration and the remaining "
                       f"differences are in `official_step_{task}.json`).", ""]
     sg2 = _load(results, "stylegan2_reference")
     if sg2:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.machine import describe  # noqa: E402
 from i2i.config import default_config  # noqa: E402
 from i2i.export import EagerModel, export_model  # noqa: E402
 from i2i.nets.stargan_v2 import build_nets  # noqa: E402
@@ -112,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serving.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    report = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                          "cpu_count": os.cpu_count(), "threads": args.threads, "torch": torch.__version__},
+    report = {"machine": describe("cpu"),
               "graphs": {}, "note": "random weights (speed only); eager and onnxruntime interleaved, median"}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -22,7 +22,6 @@ import ast
 import importlib.util
 import io
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.machine import describe  # noqa: E402
 from i2i.nets.stylegan2 import Discriminator, Generator  # noqa: E402
 from i2i.nets.stylegan2_io import load_into  # noqa: E402
 
@@ -194,8 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "stylegan2_reference",
         "reference": {"repo": "rosinality/stylegan2-pytorch", **info},
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "device": "cpu"},
+        "machine": describe("cpu"),
         "config": {"size": a.size, "batch": a.batch, "style_dim": STYLE_DIM, "n_mlp": N_MLP,
                    "channel_multiplier": a.channel_multiplier, "rounds": a.rounds, "iters_per_round": a.iters,
                    "warmup": a.warmup, "seed": SEED,

@@ -79,3 +79,11 @@ def test_an_unfinished_run_is_not_archived(study, tmp_path):
     assert not study.archive_run(job)
     assert job.archived_curve() == []
     assert study.report(entry, [job], tmp_path / "results") == {}
+
+
+def test_the_bf16_method_refuses_to_run_where_amp_would_train_in_float32(study, monkeypatch, tmp_path):
+    monkeypatch.setattr(study, "_bf16_autocast_available", lambda: False)
+    job = study.Job(study.ENTRIES["afhq"], "frac0.1", "amp (bf16)", 0, tmp_path / "results")
+    status = study._safe(study.run_job, job, 1)
+    assert status.startswith("FAILED") and "float32" in status
+    assert not job.run_dir.exists()  # nothing was trained

@@ -1,0 +1,45 @@
+"""What a benchmark ran on, recorded in every report: absolute times and some ratios (bf16 autocast, channels-last)
+depend on the CPU's instruction set, and this project's machines have differed from one session to the next."""
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+# the CPU features a result here can hinge on: bfloat16 compute (autocast pays off only with it) and the vector width
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."""
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        for line in info.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """Which of CPU_FLAGS the CPU has (Linux; [] where /proc/cpuinfo is missing)."""
+    info = Path("/proc/cpuinfo")
+    if not info.is_file():
+        return []
+    for line in info.read_text().splitlines():
+        if line.startswith("flags"):
+            have = set(line.split(":", 1)[1].split())
+            return [flag for flag in CPU_FLAGS if flag in have]
+    return []
+
+
+def describe(device: torch.device | str = "cpu") -> dict:
+    """{"platform", "cpu", "cpu_flags", "cpu_count", "torch", "threads", "device"} (+ "gpu" on CUDA)."""
+    device = torch.device(device)
+    machine = {"platform": platform.platform(), "cpu": cpu_model(), "cpu_flags": cpu_flags(),
+               "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "device": str(device)}
+    if device.type == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name(device)
+    return machine
