@@ -144,8 +144,8 @@ def _where(machine: dict) -> str:
     text = f"{machine['device']}, {machine['threads']} threads"
     if "cpu" in machine:
         bf16 = "AVX-512 BF16" if "avx512_bf16" in machine.get("cpu_flags", []) else "no bf16 instructions"
-        text += f", {machine['cpu']} with {bf16}"
-    return text
+        return text + f", {machine['cpu']} with {bf16}"
+    return text + " (CPU not recorded)"
 
 
 def summary(results: Path) -> str:

@@ -30,6 +30,7 @@ from i2i.nets.spade import (
     parse_norm_G,
     revert_sync_batchnorm,
     save_official,
+    spectral_norm,
     xavier_init,
 )
 from i2i.weights import UntrustedCheckpointError, WeightFormatError
@@ -211,6 +212,34 @@ def test_spectral_norm_iterates_in_train_mode_and_uses_stored_vectors_in_eval():
         assert torch.equal(block.conv_0.weight_u, u0)
         block.train()(x, seg)
     assert not torch.equal(block.conv_0.weight_u, u0)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_our_spectral_norm_equals_torchs_in_values_gradients_power_iteration_and_double_backward(memory_format):
+    """The lean backward (`_DivideBySigma`) changes the cost, not the math: two train-mode forwards sharing one
+    backward (loss = D(real) - D(fake), as in GAN training), then a gradient penalty's double backward."""
+    torch.manual_seed(0)
+    ours = spectral_norm(nn.Conv2d(3, 5, 3, padding=1))
+    theirs = torch.nn.utils.spectral_norm(nn.Conv2d(3, 5, 3, padding=1))  # torch's own hook
+    theirs.load_state_dict(ours.state_dict())  # the same weight_orig, u, v
+    assert list(theirs.state_dict()) == list(ours.state_dict())
+    for net in (ours, theirs):
+        net.to(memory_format=memory_format)
+    real = torch.randn(2, 3, 6, 6).to(memory_format=memory_format)
+    fake = torch.randn(2, 3, 6, 6).to(memory_format=memory_format)
+    grads = {}
+    for name, net in (("ours", ours), ("theirs", theirs)):
+        x = fake.clone().requires_grad_()
+        loss = net(real).square().mean() - net(x).pow(3).mean()
+        (gx,) = torch.autograd.grad(loss, x, create_graph=True)
+        total = loss + gx.square().sum()  # a penalty on the input gradient: differentiates the backward again
+        total.backward()
+        grads[name] = (loss.detach(), net.weight_orig.grad.clone(), net.bias.grad.clone(), net.weight_u.clone(),
+                       net.weight_v.clone())
+    for a, b in zip(grads["ours"], grads["theirs"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert type(ours._forward_pre_hooks[next(iter(ours._forward_pre_hooks))]).__name__ == "LeanSpectralNorm"
+    assert bake_spectral_norm(ours).state_dict().keys() == {"weight", "bias"}
 
 
 @pytest.mark.parametrize("mode, crop_size, shape", [("normal", 64, (32, 64)), ("more", 128, (64, 128)),

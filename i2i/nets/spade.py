@@ -10,7 +10,8 @@ maps in between are fine); images (N, 3, H, W) in [-1, 1]; the discriminator inp
 
 Our additions: the feature/head split of the discriminator used by AdaptiveMix (per scale, see
 `MultiscaleDiscriminator.scale_split`), input checks with readable errors, `bake_spectral_norm` and
-`revert_sync_batchnorm` for export. use_vae: only the generator's branch (z -> Linear) is implemented, and no fixture
+`revert_sync_batchnorm` for export, and a spectral norm whose backward reads the weight fewer times (`spectral_norm`,
+same hooks and state-dict keys as torch.nn.utils.spectral_norm). use_vae: only the generator's branch (z -> Linear) is implemented, and no fixture
 covers it; the image encoder (`ConvEncoder`: mu, logvar) and the KLD loss are not (no official keys to check against).
 
 Batch norm: `norm_G` '...spadesyncbatch...' builds plain `nn.BatchNorm2d` (identical names, identical eval math);
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils import remove_spectral_norm, spectral_norm
+from torch.nn.utils import remove_spectral_norm
 from torch.nn.utils.spectral_norm import SpectralNorm
 
 from i2i.fileio import atomic_torch_save
@@ -52,6 +53,56 @@ _SHOWN_KEYS = 5
 
 
 # ----------------------------------------------------------------------------------------------- argument checks
+class _DivideBySigma(torch.autograd.Function):
+    """weight / sigma, with a backward of two passes over the weight where autograd's DivBackward makes five
+    (g / sigma, -g, * weight, / sigma**2, the sum): at SPADE's widths this backward was a fifth of the generator's
+    training step. Differentiable again (double backward works); the same values up to round-off."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, sigma: Tensor) -> Tensor:
+        ctx.save_for_backward(weight, sigma)
+        return weight / sigma
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        weight, sigma = ctx.saved_tensors
+        grad_weight = grad / sigma
+        # d(w / sigma) / d sigma = -w / sigma**2
+        return grad_weight, -(grad_weight * weight).sum() / sigma
+
+
+class LeanSpectralNorm(SpectralNorm):
+    """torch's SpectralNorm hook (the same power iteration, buffers and state-dict hooks) dividing by sigma with
+    `_DivideBySigma`."""
+
+    def compute_weight(self, module: nn.Module, do_power_iteration: bool) -> Tensor:
+        weight = getattr(module, self.name + "_orig")
+        u, v = getattr(module, self.name + "_u"), getattr(module, self.name + "_v")
+        weight_mat = self.reshape_weight_to_matrix(weight)
+        if do_power_iteration:
+            with torch.no_grad():
+                for _ in range(self.n_power_iterations):
+                    # in place (out=): the buffers themselves advance, as in torch's hook
+                    v = F.normalize(torch.mv(weight_mat.t(), u), dim=0, eps=self.eps, out=v)
+                    u = F.normalize(torch.mv(weight_mat, v), dim=0, eps=self.eps, out=u)
+                if self.n_power_iterations > 0:
+                    # a later forward's in-place update must not change what this forward's backward reads
+                    u, v = u.clone(memory_format=torch.contiguous_format), v.clone(memory_format=torch.contiguous_format)
+        sigma = torch.dot(u, torch.mv(weight_mat, v))
+        return _DivideBySigma.apply(weight, sigma)
+
+
+def spectral_norm(module: nn.Module) -> nn.Module:
+    """torch.nn.utils.spectral_norm(module) (weight_orig, weight_u, weight_v; one power iteration per train-mode
+    forward) with the lean backward of `LeanSpectralNorm`."""
+    torch.nn.utils.spectral_norm(module)
+    for hook in module._forward_pre_hooks.values():
+        if type(hook) is SpectralNorm:
+            # torch registers its state-dict hooks on this very object, so it changes class rather than being replaced
+            hook.__class__ = LeanSpectralNorm
+    return module
+
+
 def _positive_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{what} must be a positive int, got {value!r}")
