@@ -124,8 +124,10 @@ def test_a_non_finite_loss_skips_the_update_under_loss_scaling_and_stops_the_run
     assert_same_tree(critic.state_dict(), weights)  # no optimiser step
     optimize(1.0, 2)  # a finite loss steps and ends the run of skips
     assert precision.skipped == {} and any(not torch.equal(v, weights[k]) for k, v in critic.state_dict().items())
+    assert precision.scaler.state_dict()["_growth_tracker"] == 1  # one good step towards growing the scale
     for k in range(3):
         optimize(float("nan"), 3 + k)
+        assert precision.scaler.state_dict()["_growth_tracker"] == 0  # a skip restarts the count, as GradScaler's own
     with pytest.raises(TrainingDiverged, match=r"^loss 'D/latent_loss' is nan at iteration 7 \(float16 loss scaling; "
                                                r"updates skipped in a row for non-finite losses: discriminator 3\); "
                                                r"stopped before updating, no checkpoint was written yet$"):

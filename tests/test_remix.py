@@ -42,6 +42,30 @@ def test_content_loss_remix_updates_a_bar_with_unrelated_pairs():
     assert mix.a_bar == pytest.approx(0.9 * 0.2 + 0.1 * (a - 0.2))  # Eq. 11 as printed
 
 
+def test_the_a_bar_update_needs_no_host_sync_and_resumes_exactly(monkeypatch):
+    """a_bar stays a tensor on the batch's device (a GPU run does not wait on every mixing step); DDP's reduce gets
+    the tensor; a checkpoint holds floats that continue the run exactly."""
+    mix = FeatureMix("remix", p=1.0, momentum=0.9, seed=0)
+    reduced = []
+    mix.reduce = lambda a: reduced.append(a) or a * 1.0
+    mix.content_loss(PHI_S, T1, T2, torch.tensor(0.7), lambda t: t, l1)  # the first update, from the float 0.0
+    resumed = FeatureMix("remix", p=1.0, momentum=0.9, seed=1)
+    resumed.load_state_dict(mix.state_dict())
+    assert isinstance(mix.state_dict()["a_bars"][""], float)
+
+    def no_sync(*args):
+        raise AssertionError("host sync in the ReMix step")
+
+    with monkeypatch.context() as patched:
+        for name in ("item", "__float__", "tolist"):
+            patched.setattr(torch.Tensor, name, no_sync)
+        loss, logs = mix.content_loss(PHI_S, T1, T2, torch.tensor(0.7), lambda t: t, l1)
+        resumed_loss, _ = resumed.content_loss(PHI_S, T1, T2, torch.tensor(0.7), lambda t: t, l1)
+    assert isinstance(mix.a_bars[""], torch.Tensor) and mix.a_bars[""].dtype == torch.float32
+    assert len(reduced) == 2 and all(isinstance(a, torch.Tensor) for a in reduced)
+    assert torch.equal(loss, resumed_loss) and torch.equal(mix.a_bars[""], resumed.a_bars[""])
+
+
 def test_a_bar_forms_and_fixed_points():
     assert update_a_bar(1.0, 3.0, 0.99, "paper") == pytest.approx(0.99 + 0.01 * 2.0)
     assert update_a_bar(1.0, 3.0, 0.99, "ema") == pytest.approx(0.99 + 0.03)

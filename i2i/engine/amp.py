@@ -141,6 +141,10 @@ class Precision:
         if self.scaler is None or any(self.skipped.get(name, 0) >= self.max_skipped for name in names):
             return False
         self.scaler.update(self.scale() * self.scaler.get_backoff_factor())
+        # as GradScaler does when it skips a step itself: the growth interval counts again from this skip (its public
+        # state API; this path is rare and has synced on the loss already)
+        state = self.scaler.state_dict()
+        self.scaler.load_state_dict({**state, "_growth_tracker": 0})
         for name in names:
             self.skipped[name] = self.skipped.get(name, 0) + 1
         return True

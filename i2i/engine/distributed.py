@@ -98,12 +98,20 @@ def _buckets(tensors: list[torch.Tensor]):
 
 
 def mean_over_ranks(value: float) -> float:
-    """The mean of a Python number over the ranks (ReMix's a, so every rank's a_bar stays the same)."""
+    """The mean of a Python number over the ranks (e.g. whether any rank asked to stop; one host sync)."""
     tensor = torch.tensor([float(value)], dtype=torch.float64)
     if dist.get_backend() == "nccl":
         tensor = tensor.cuda()
     dist.all_reduce(tensor)
     return float(tensor.item()) / dist.get_world_size()
+
+
+def tensor_mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The mean of a tensor over the ranks, left on its device (ReMix's a, so every rank keeps the same a_bar without
+    a host sync)."""
+    total = value.detach().clone()
+    dist.all_reduce(total)
+    return total / dist.get_world_size()
 
 
 def check_identical(nets: dict[str, nn.Module]) -> None:

@@ -157,7 +157,7 @@ class Trainer:
         self.base_lrs = {name: [group["lr"] for group in opt.param_groups] for name, opt in self.optimizers.items()}
         self.regs = Regularizers.from_config(cfg, task)
         if self.dist.enabled:  # ReMix's a is averaged over the ranks, so every rank keeps the same a_bar
-            self.regs.feature_mix.reduce = distributed.mean_over_ranks
+            self.regs.feature_mix.reduce = distributed.tensor_mean_over_ranks
         start = 0
         if resume_from is not None:
             if self.dist.is_main:

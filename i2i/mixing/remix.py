@@ -73,7 +73,7 @@ def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def relative_content_loss(
-    phi_s: Any, phi_t1: Any, phi_t2: Any, distance: Distance, a_bar: float
+    phi_s: Any, phi_t1: Any, phi_t2: Any, distance: Distance, a_bar: float | Tensor
 ) -> tuple[Tensor, Tensor]:
     """L'_con = L_p + L_n (Eq. 8-9). Returns (L_p, L_n); gradients flow into phi_s and the targets."""
     d1 = distance(phi_s, phi_t1)
@@ -83,7 +83,7 @@ def relative_content_loss(
     return l_p, l_n
 
 
-def update_a_bar(a_bar: float, a: float, momentum: float, form: str = "paper") -> float:
+def update_a_bar(a_bar: float | Tensor, a: float | Tensor, momentum: float, form: str = "paper") -> float | Tensor:
     """Eq. 11 as printed (`paper`: m*a_bar + (1-m)*(a - a_bar), fixed point a/2) or the usual EMA (`ema`, fixed point a)."""
     if form == "paper":
         return momentum * a_bar + (1.0 - momentum) * (a - a_bar)
@@ -122,9 +122,11 @@ class FeatureMix:
         self.momentum, self.momentum_form = momentum, momentum_form
         self.draw_mode, self.a_bar_mode = draw, a_bar_mode
         self.branches = None if branches is None else tuple(branches)  # None: every branch mixes
-        self.a_bars: dict[str, float] = {}
+        # per branch: a_bar, a 0-d float32 tensor on the batch's device once updated (a float from a checkpoint), so
+        # that updating it needs no host sync
+        self.a_bars: dict[str, float | Tensor] = {}
         self.rng = np.random.default_rng(seed)
-        self.reduce: Callable[[float], float] = float  # under DDP: the mean over the ranks
+        self.reduce: Callable[[Tensor], Tensor] | None = None  # under DDP: the mean over the ranks
 
     @classmethod
     def from_config(cls, remix_cfg, seed: int) -> "FeatureMix":
@@ -139,7 +141,7 @@ class FeatureMix:
     @property
     def a_bar(self) -> float:
         """The a_bar of the unnamed branch (one-branch use and the shared mode)."""
-        return self.a_bars.get("", 0.0)
+        return float(self.a_bars.get("", 0.0))
 
     @a_bar.setter
     def a_bar(self, value: float) -> None:
@@ -200,13 +202,19 @@ class FeatureMix:
             # mixing draws (mix or not, lambda) are the same for any number of ranks
             pairing = np.random.default_rng(int(self.rng.integers(2**63)))
             perm = torch.from_numpy(derangement(_batch_size(phi_s), pairing))
-            a = distance(_detach(phi_s), _detach(index_cond(phi_t2, perm))).mean()
-        logs.update(l_p=l_p.detach(), l_n=l_n.detach(), a=a, a_bar=torch.tensor(a_bar))
-        self.a_bars[key] = update_a_bar(a_bar, self.reduce(float(a)), self.momentum, self.momentum_form)
+            a = distance(_detach(phi_s), _detach(index_cond(phi_t2, perm))).mean().float()
+            if self.reduce is not None:
+                a = self.reduce(a)
+            # a float (none yet, or from a checkpoint) becomes the float32 tensor it was saved from: a resumed run
+            # updates exactly as the uninterrupted one
+            a_bar = torch.as_tensor(a_bar, dtype=torch.float32, device=a.device)
+            self.a_bars[key] = update_a_bar(a_bar, a, self.momentum, self.momentum_form)
+        logs.update(l_p=l_p.detach(), l_n=l_n.detach(), a=a, a_bar=a_bar)
         return l_p + l_n, logs
 
     def state_dict(self) -> dict:
-        return {"a_bars": dict(self.a_bars), "rng": _rng_state_to_plain(self.rng.bit_generator.state)}
+        return {"a_bars": {k: float(v) for k, v in self.a_bars.items()},
+                "rng": _rng_state_to_plain(self.rng.bit_generator.state)}
 
     def load_state_dict(self, state: dict) -> None:
         # checkpoints written before per-branch a_bar hold one shared value
