@@ -12,26 +12,22 @@ import torch
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."""
+def _cpuinfo(field: str) -> str | None:
+    """The first `field : value` of /proc/cpuinfo (Linux), or None."""
     info = Path("/proc/cpuinfo")
-    if info.is_file():
-        for line in info.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    lines = info.read_text().splitlines() if info.is_file() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == field), None)
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what `platform` knows."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def cpu_flags() -> list[str]:
-    """Which of CPU_FLAGS the CPU has (Linux; [] where /proc/cpuinfo is missing)."""
-    info = Path("/proc/cpuinfo")
-    if not info.is_file():
-        return []
-    for line in info.read_text().splitlines():
-        if line.startswith("flags"):
-            have = set(line.split(":", 1)[1].split())
-            return [flag for flag in CPU_FLAGS if flag in have]
-    return []
+    """Which of CPU_FLAGS the CPU has ([] where /proc/cpuinfo is missing)."""
+    have = set((_cpuinfo("flags") or "").split())
+    return [flag for flag in CPU_FLAGS if flag in have]
 
 
 def describe(device: torch.device | str = "cpu") -> dict:
