@@ -43,6 +43,8 @@ VARIANTS: dict[str, dict] = {
     "sample correction": {"regularizers.sample_correction": True},
     "diffaug": {"regularizers.diffaug": "color,translation,cutout"},
     "amp (bf16)": {"train.amp": True},
+    "compile": {"train.compile": True},  # inductor; its compile time falls in the untimed warm-up
+    "nchw": {"train.channels_last": False},  # the default memory format (channels-last) against NCHW
     "all": {"remix.method": "remix", "regularizers.mixer": "cutmix", "regularizers.adaptivemix": True,
             "regularizers.pcr": True, "regularizers.sample_correction": True,
             "regularizers.diffaug": "color,translation,cutout"},
